@@ -1,0 +1,28 @@
+"""Loss functions of Siamese self-supervised learning.
+
+Each family lives in its own small file with a pure function and a thin ``nn.Module``. Losses hold
+no training state (queues, centres and EMA targets belong to the methods), take (N, D) tensors and
+return a scalar computed in float32. Losses that need the global batch gather over ranks whenever
+torch.distributed is initialized (see :mod:`siamssl.distributed`).
+"""
+
+from siamssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
+from siamssl.losses.cosine import NegativeCosineLoss, NormalizedMSELoss, negative_cosine_similarity, normalized_mse
+from siamssl.losses.infonce import InfoNCELoss, info_nce
+from siamssl.losses.ntxent import NTXentLoss, nt_xent
+from siamssl.losses.vicreg import VICRegLoss, vicreg_loss
+
+__all__ = [
+    "BarlowTwinsLoss",
+    "InfoNCELoss",
+    "NTXentLoss",
+    "NegativeCosineLoss",
+    "NormalizedMSELoss",
+    "VICRegLoss",
+    "barlow_twins_loss",
+    "info_nce",
+    "negative_cosine_similarity",
+    "normalized_mse",
+    "nt_xent",
+    "vicreg_loss",
+]

@@ -1,0 +1,106 @@
+"""Optimizers (SGD, LARS, AdamW) built from a method's parameter groups, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from siamssl.methods.base import ParamGroup
+
+
+class LARS(Optimizer):
+    """LARS (You et al., 2017) as in the Barlow Twins / VICReg / MoCo v3 code:
+
+        g ← g + wd·w;   g ← g · η‖w‖/‖g‖ (1 when either norm is 0);   μ ← m·μ + g;   w ← w − lr·μ
+
+    Groups with ``lars_adapt=False`` skip the trust ratio (and get ``weight_decay=0`` from the
+    builder when biases and norm parameters are excluded).
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adapt=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad: Tensor = p.grad
+                if group["weight_decay"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                if group["lars_adapt"]:
+                    param_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    trust = torch.where(
+                        (param_norm > 0) & (grad_norm > 0), group["eta"] * param_norm / grad_norm, torch.ones_like(param_norm)
+                    )
+                    grad = grad.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(grad).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def peak_learning_rate(base_lr: float, global_batch_size: int, scaling: str) -> float:
+    """``base_lr × batch/256`` for linear scaling, else ``base_lr``."""
+    return base_lr * global_batch_size / 256 if scaling == "linear" else base_lr
+
+
+def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
+    """One optimizer param group per (method group × decayed / not decayed) with schedule metadata:
+    ``peak_lr`` (this group's unscheduled rate) and ``fixed_lr``."""
+    exclude = cfg.exclude_bias_and_norm if cfg.exclude_bias_and_norm is not None else cfg.name == "lars"
+    torch_groups = []
+    for group in groups:
+        weight_decay = cfg.weight_decay if group.weight_decay is None else group.weight_decay
+        lr = peak_lr * group.lr_scale
+        matrices = [p for p in group.params if p.ndim > 1]
+        vectors = [p for p in group.params if p.ndim <= 1]
+        parts = [(matrices, True), (vectors, False)] if exclude else [(matrices + vectors, True)]
+        for params, is_matrix in parts:
+            if not params:
+                continue
+            torch_groups.append(
+                dict(
+                    params=params,
+                    name=group.name if not exclude else f"{group.name}/{'weights' if is_matrix else 'bias_norm'}",
+                    lr=lr,
+                    peak_lr=lr,
+                    fixed_lr=group.fixed_lr,
+                    weight_decay=weight_decay if is_matrix else 0.0,
+                    lars_adapt=is_matrix and not group.exclude_from_lars,
+                )
+            )
+    if cfg.name == "sgd":
+        return torch.optim.SGD(torch_groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.name == "lars":
+        return LARS(torch_groups, lr=peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
+    return torch.optim.AdamW(torch_groups, lr=peak_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def schedule_factor(step: int, total_steps: int, steps_per_epoch: int, cfg) -> float:
+    """Multiplier of the peak rate at ``step``: linear warmup from ``warmup_start_ratio`` over
+    ``warmup_epochs``, then cosine (or constant) down to ``min_lr_ratio``."""
+    if cfg.schedule_unit == "epoch":
+        step = (step // steps_per_epoch) * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return cfg.warmup_start_ratio + (1.0 - cfg.warmup_start_ratio) * step / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_learning_rates(optimizer: Optimizer, factor: float) -> None:
+    """Scheduled groups get ``peak_lr × factor``; fixed groups keep ``peak_lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"] if group["fixed_lr"] else group["peak_lr"] * factor

@@ -1,0 +1,423 @@
+"""The training loop. It talks to methods only through :class:`siamssl.methods.SSLMethod` and to
+monitors only through :class:`siamssl.train.monitors.Monitor`; both are found by name."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from siamssl.backbones import build_backbone
+from siamssl.data import TrainLoader, build_dataset, view_transforms
+from siamssl.distributed import all_reduce_sum, is_distributed, is_main_process, rank, world_size
+from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
+from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
+from siamssl.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
+from siamssl.train.config import Config
+from siamssl.train.monitors import MONITORS, Monitor, MonitorContext
+from siamssl.train.optim import build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
+from siamssl.train.runtime import init_distributed, message, resolve_device, seed_everything
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Interrupted(SiamSSLError):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per line, appended by the main process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        if is_main_process():
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records written after ``step`` (work lost when a run was interrupted)."""
+        if not is_main_process() or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+
+class Trainer:
+    """Pretrain ``cfg.method`` on ``cfg.data``; ``fit()`` returns the summary."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        init_distributed(cfg.trainer.device)
+        self.device = resolve_device(cfg.trainer.device)
+        if cfg.trainer.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("trainer.precision=fp16 needs a GPU; use trainer.precision=bf16 on the CPU")
+        self.run_dir = Path(cfg.output_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        resume_from = self._resume_path()
+        seed_everything(cfg.seed)
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        self.data = build_dataset(cfg.data)
+        augment = cfg.data.augment
+        self.loader = TrainLoader(
+            self.data.train,
+            view_transforms(augment, self.data.mean, self.data.std),
+            cfg.data.batch_size,
+            cfg.seed,
+            cfg.data.num_workers,
+            rank(),
+            world_size(),
+            self.device,
+        )
+        self.steps_per_epoch = self.loader.steps_per_epoch
+        self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
+            return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
+
+        backbone, feature_dim = make_backbone()
+        context = MethodContext(
+            num_samples=len(self.data.train),
+            global_batch_size=cfg.data.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            image_size=augment.crop_size,
+            make_backbone=make_backbone,
+        )
+        self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
+        if cfg.trainer.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        if is_distributed() and cfg.trainer.sync_bn:
+            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        if cfg.trainer.compile:
+            self.method.backbone.compile()
+        self.model: nn.Module = self.method
+        if is_distributed():
+            self.model = nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
+            )
+
+        peak_lr = peak_learning_rate(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr_scaling)
+        self.optimizer = build_optimizer(self.method.parameter_groups(), cfg.optim, peak_lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.trainer.precision == "fp16")
+        monitor_context = MonitorContext(self.data, self.device, cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers)
+        self.monitors: dict[str, Monitor] = {
+            name: MONITORS.get(name)(cfg.monitor_options.get(name), monitor_context) for name in cfg.eval.monitors
+        }
+
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.initial_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self._stop_requested = False
+        self._stop_agreed = False
+        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._window: dict[str, Tensor] = {}
+        self._window_steps = 0
+        self._window_start = time.perf_counter()
+        self._throughput: list[float] = []
+        self._train_seconds = 0.0
+        self._last_checkpoint: Optional[Path] = None
+
+        if resume_from is not None:
+            self._load(resume_from)
+        self._prepare_run_dir(resume_from is not None)
+
+    # ------------------------------------------------------------------------------- run directory
+
+    def _resume_path(self) -> Optional[Path]:
+        """Decide what the run continues from, refusing to touch an existing run unless told to."""
+        resume = self.cfg.trainer.resume
+        exists = self.run_dir.exists() and any(self.run_dir.iterdir())
+        if isinstance(resume, str):
+            return Path(resume)
+        if resume:
+            path = self.checkpoint_dir / "last.pt"
+            if not path.is_file():
+                raise ConfigError(f"trainer.resume=true but there is no checkpoint at '{path}'")
+            return path
+        if exists and not self.cfg.trainer.overwrite:
+            raise ConfigError(
+                f"output_dir '{self.run_dir}' already holds a run; pass trainer.resume=true to continue it, "
+                "trainer.overwrite=true to replace it, or another output_dir"
+            )
+        return None
+
+    def _prepare_run_dir(self, resumed: bool) -> None:
+        if is_main_process():
+            if self.cfg.trainer.overwrite and not resumed and self.run_dir.exists():
+                shutil.rmtree(self.run_dir)
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            if resumed:
+                self.metrics.truncate_after(self.global_step)
+        if is_distributed():
+            dist.barrier()
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "monitors": {name: m.state_dict() for name, m in self.monitors.items()},
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "total_steps": self.total_steps,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "initial_metrics": self.initial_metrics,
+            "last_metrics": self.last_metrics,
+            "train_seconds": self._train_seconds,
+        }
+
+    def _save(self, name: str = "last.pt") -> None:
+        self._check_finite()
+        if is_main_process():
+            path = self.checkpoint_dir / name
+            save_atomic(self._state(), path)
+            self._last_checkpoint = path
+        if is_distributed():
+            dist.barrier()
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if state["total_steps"] != self.total_steps:
+            raise ConfigError(
+                f"the checkpoint was trained for {state['total_steps']} steps but this config asks for "
+                f"{self.total_steps}; keep trainer.epochs/trainer.max_steps and data.batch_size as in the run"
+            )
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        for name, monitor in self.monitors.items():
+            if name in state["monitors"]:
+                monitor.load_state_dict(state["monitors"][name])
+        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.initial_metrics = dict(state["initial_metrics"])
+        self.last_metrics = dict(state["last_metrics"])
+        self._train_seconds = float(state["train_seconds"])
+        self._last_checkpoint = path
+        message(f"resumed from {path} at epoch {self.epoch}, step {self.global_step}/{self.total_steps}")
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or until interrupted) and return the summary written to ``summary.json``."""
+        cfg = self.cfg
+        message(
+            f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.train)} images, {self.steps_per_epoch} steps/epoch, "
+            f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es), "
+            f"device {self.device}, {cfg.trainer.precision}; run dir {self.run_dir}"
+        )
+        if self.global_step == 0 and not self.initial_metrics:
+            self.initial_metrics = self._on_train_start()
+        bar = tqdm(
+            total=self.total_steps, initial=self.global_step, disable=not (is_main_process() and cfg.trainer.progress_bar),
+            dynamic_ncols=True, unit="step",
+        )
+        with bar, self._signals_handled():
+            while self.global_step < self.total_steps:
+                epoch = self.epoch
+                for batch in self.loader.batches(epoch, self.step_in_epoch):
+                    self._train_step(batch, epoch)
+                    bar.update(1)
+                    at_end = self.global_step >= self.total_steps
+                    if self.global_step % cfg.trainer.log_every_steps == 0 or at_end:
+                        self._log_window(bar)
+                    every = cfg.trainer.checkpoint_every_steps
+                    if every and self.global_step % every == 0 and not at_end:
+                        self._save()
+                    if self._stop_agreed if is_distributed() else self._stop_requested:
+                        self._interrupt()
+                    if at_end:
+                        break
+                self.epoch, self.step_in_epoch = epoch + 1, 0
+                self._end_epoch(epoch, last=self.global_step >= self.total_steps)
+        return self._write_summary()
+
+    def _on_train_start(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if is_main_process():
+            for monitor in self.monitors.values():
+                results.update(monitor.on_train_start(self.method))
+            if results:
+                message("before training: " + _format(results))
+        return results
+
+    def _train_step(self, batch: Batch, epoch: int) -> None:
+        cfg = self.cfg
+        started = time.perf_counter()
+        progress = TrainingProgress(self.global_step, self.total_steps, epoch, self.steps_per_epoch)
+        set_learning_rates(self.optimizer, schedule_factor(self.global_step, self.total_steps, self.steps_per_epoch, cfg.optim))
+        if cfg.trainer.channels_last:
+            batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
+        with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(cfg.trainer.precision), enabled=cfg.trainer.precision != "fp32"):
+            outputs = self.model(batch, progress)
+        loss = outputs["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        self.method.on_before_optimizer_step(progress)
+        if cfg.optim.grad_clip_norm:
+            nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.on_after_optimizer_step(progress)
+        for monitor in self.monitors.values():
+            monitor.on_step(batch, outputs)
+        self._accumulate(loss, outputs)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        self._train_seconds += time.perf_counter() - started
+
+    def _accumulate(self, loss: Tensor, outputs: dict[str, Tensor]) -> None:
+        """Sum logged scalars on the device; nothing is read back until the next log line."""
+        finite = torch.isfinite(loss.detach())
+        self._first_bad_step = torch.where((~finite) & (self._first_bad_step < 0), self.global_step, self._first_bad_step)
+        scalars = {"loss": loss.detach()}
+        scalars.update({k: v.detach() for k, v in outputs.items() if k != "loss" and isinstance(v, Tensor) and v.ndim == 0})
+        for key, value in scalars.items():
+            value = value.float()
+            self._window[key] = self._window[key] + value if key in self._window else value.clone()
+        self._window_steps += 1
+
+    def _check_finite(self) -> None:
+        bad = all_reduce_sum((self._first_bad_step >= 0).long()) if is_distributed() else (self._first_bad_step >= 0)
+        if bool(bad):
+            checkpoint = f"the last good checkpoint is {self._last_checkpoint}" if self._last_checkpoint else "no checkpoint was written"
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite at step {int(self._first_bad_step) + 1}; training stopped and {checkpoint}. "
+                "Lower optim.base_lr, add optim.warmup_epochs, or use trainer.precision=fp32"
+            )
+
+    def _log_window(self, bar: tqdm) -> None:
+        self._check_finite()
+        elapsed = time.perf_counter() - self._window_start
+        keys = sorted(self._window)
+        values = torch.stack([self._window[k] for k in keys]).cpu() / max(1, self._window_steps) if keys else torch.zeros(0)
+        record: dict[str, Any] = {"step": self.global_step, "epoch": self.epoch}
+        record.update({k: float(v) for k, v in zip(keys, values)})
+        scheduled = [g["lr"] for g in self.optimizer.param_groups if not g["fixed_lr"]] or [g["lr"] for g in self.optimizer.param_groups]
+        record["lr"] = max(scheduled)
+        images_per_s = self._window_steps * self.cfg.data.batch_size / max(elapsed, 1e-9)
+        record["images_per_s"] = images_per_s
+        self._throughput.append(images_per_s)
+        self.metrics.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}", img_s=f"{images_per_s:.0f}", refresh=False)
+        self._window, self._window_steps, self._window_start = {}, 0, time.perf_counter()
+        if is_distributed():  # all ranks agree on stopping at the same step
+            flag = torch.tensor([int(self._stop_requested)], device=self.device)
+            self._stop_agreed = bool(all_reduce_sum(flag))
+
+    def _end_epoch(self, epoch: int, last: bool) -> None:
+        cfg = self.cfg
+        every = cfg.eval.every_n_epochs
+        results: dict[str, float] = {}
+        if last or (every > 0 and (epoch + 1) % every == 0):
+            self._check_finite()
+            if is_main_process():
+                for monitor in self.monitors.values():
+                    results.update(monitor.evaluate(self.method))
+            if is_distributed():
+                dist.barrier()
+            if results:
+                self.last_metrics.update(results)
+                self.metrics.append({"step": self.global_step, "epoch": epoch + 1, **results})
+                message(f"epoch {epoch + 1}/{self.epochs}: " + _format(results))
+        if last or (epoch + 1) % cfg.trainer.checkpoint_every_epochs == 0:
+            self._save()
+            if cfg.trainer.keep_epoch_checkpoints and is_main_process():
+                shutil.copyfile(self.checkpoint_dir / "last.pt", self.checkpoint_dir / f"epoch_{epoch + 1:04d}.pt")
+
+    def _write_summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "method": self.cfg.method.name,
+            "dataset": self.cfg.data.dataset,
+            "epochs": self.epochs,
+            "steps": self.global_step,
+            "global_batch_size": self.cfg.data.batch_size,
+            "world_size": world_size(),
+            "device": str(self.device),
+            "train_seconds": round(self._train_seconds, 2),
+            "images_per_s": round(sum(self._throughput) / len(self._throughput), 1) if self._throughput else None,
+            **self.initial_metrics,
+            **self.last_metrics,
+        }
+        if is_main_process():
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            message("done: " + _format({k: v for k, v in summary.items() if isinstance(v, float)}) + f"; see {self.run_dir}")
+        return summary
+
+    # ---------------------------------------------------------------------------- interruptions
+
+    def request_stop(self) -> None:
+        """Stop after the current step, saving a checkpoint to resume from."""
+        self._stop_requested = True
+
+    def _interrupt(self) -> None:
+        self._save()
+        raise Interrupted(
+            f"interrupted at step {self.global_step}/{self.total_steps}; checkpoint saved to {self.checkpoint_dir / 'last.pt'}. "
+            f"Continue with the same command plus trainer.resume=true"
+        )
+
+    @contextmanager
+    def _signals_handled(self) -> Iterator[None]:
+        """SIGINT/SIGTERM finish the current step, then save and stop; a second SIGINT aborts at once."""
+        if not hasattr(signal, "SIGTERM") or not _in_main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            message("stopping after this step (saving a checkpoint); press Ctrl-C again to abort")
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _format(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run one pretraining job described by ``cfg``; returns the summary."""
+    return Trainer(cfg).fit()
