@@ -8,12 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from siamssl.distributed import all_reduce_sum_with_grad
+from siamssl.losses._precision import float32_loss
 
 
 def _no_reduction(x: Tensor) -> Tensor:
     return x
 
 
+@float32_loss
 def barlow_twins_loss(
     z1: Tensor, z2: Tensor, lambd: float = 0.0051, eps: float = 1e-5, gather_distributed: bool = True
 ) -> Tensor:
@@ -35,7 +37,6 @@ def barlow_twins_loss(
         gather_distributed: batch statistics over all ranks (the safe default).
     """
     reduce: Callable[[Tensor], Tensor] = all_reduce_sum_with_grad if gather_distributed else _no_reduction
-    z1, z2 = z1.float(), z2.float()
     count = reduce(torch.tensor(float(z1.shape[0]), device=z1.device))
 
     def standardize(z: Tensor) -> Tensor:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from siamssl.losses._precision import float32_loss
 
+
+@float32_loss
 def negative_cosine_similarity(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
     """SimSiam's criterion ``D(p, z) = -mean_i cos(p_i, sg(z_i))``.
 
@@ -20,19 +24,21 @@ def negative_cosine_similarity(p: Tensor, z: Tensor, stop_gradient: bool = True)
     """
     if stop_gradient:
         z = z.detach()
-    return -F.cosine_similarity(p.float(), z.float(), dim=-1).mean()
+    return -F.cosine_similarity(p, z, dim=-1).mean()
 
 
+@float32_loss
 def normalized_mse(p: Tensor, z: Tensor, stop_gradient: bool = True) -> Tensor:
     """BYOL's regression loss ``mean_i ||p_i/||p_i|| - z_i/||z_i|| ||² = mean_i (2 - 2 cos(p_i, z_i))``.
 
     Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020, Eq. 2; deepmind-research/byol
-    ``helpers.regression_loss`` (norms clamped at 1e-12 in the square, as there).
+    ``helpers.regression_loss``, including its safe norm ``x·rsqrt(max(Σx², 1e-12))``.
     """
     if stop_gradient:
         z = z.detach()
-    return (2.0 - 2.0 * F.cosine_similarity(p.float(), z.float(), dim=-1, eps=1e-6)).mean()
-
+    p_unit = p * torch.rsqrt(p.pow(2).sum(dim=-1, keepdim=True).clamp_min(1e-12))
+    z_unit = z * torch.rsqrt(z.pow(2).sum(dim=-1, keepdim=True).clamp_min(1e-12))
+    return (p_unit - z_unit).pow(2).sum(dim=-1).mean()
 
 class NegativeCosineLoss(nn.Module):
     """``NegativeCosineLoss(stop_gradient=True)(p, z) = -mean cos(p, sg(z))``; see

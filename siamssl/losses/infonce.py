@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from siamssl.distributed import gather_with_grad, local_row_offset
+from siamssl.losses._precision import float32_loss
 
 
+@float32_loss
 def info_nce(
     q: Tensor,
     k: Tensor,
@@ -39,10 +41,10 @@ def info_nce(
         temperature: τ.
         gather_distributed: gather in-batch negatives over ranks (the safe default).
     """
-    u = F.normalize(q.float(), dim=1)
-    v = F.normalize(k.float(), dim=1)
+    u = F.normalize(q, dim=1)
+    v = F.normalize(k, dim=1)
     if negatives is not None:
-        bank = F.normalize(negatives.float(), dim=1)
+        bank = F.normalize(negatives, dim=1)
         positive = (u * v).sum(dim=1, keepdim=True)
         logits = torch.cat([positive, u @ bank.t()], dim=1) / temperature
         labels = torch.zeros(u.shape[0], dtype=torch.long, device=u.device)

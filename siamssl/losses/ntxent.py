@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from siamssl.distributed import gather_with_grad, local_row_offset
+from siamssl.losses._precision import float32_loss
 
 
+@float32_loss
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, gather_distributed: bool = True) -> Tensor:
     """NT-Xent (Chen et al., "A Simple Framework for Contrastive Learning", ICML 2020, Eq. 1):
 
@@ -26,8 +28,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, gather_distributed
         temperature: τ (0.5 for the CIFAR recipe, 0.1 for ImageNet at batch 4096).
         gather_distributed: use the other ranks' samples as negatives (the safe default).
     """
-    h1 = F.normalize(z1.float(), dim=1)
-    h2 = F.normalize(z2.float(), dim=1)
+    h1 = F.normalize(z1, dim=1)
+    h2 = F.normalize(z2, dim=1)
     n = h1.shape[0]
     all1, all2, offset = h1, h2, 0
     if gather_distributed:

@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from siamssl.distributed import gather_with_grad
+from siamssl.losses._precision import float32_loss
 
 
 def _off_diagonal_square_sum(m: Tensor) -> Tensor:
     return m.pow(2).sum() - torch.diagonal(m).pow(2).sum()
 
 
+@float32_loss
 def vicreg_loss(
     z1: Tensor,
     z2: Tensor,
@@ -38,7 +40,6 @@ def vicreg_loss(
     Args:
         z1, z2: (N, D) expander outputs of the two views.
     """
-    z1, z2 = z1.float(), z2.float()
     invariance = F.mse_loss(z1, z2)
     if gather_distributed:
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
