@@ -8,13 +8,15 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from siamssl.train.config import apply_override
 
 torch.set_num_threads(2)
 
+TINY_CONFIGS = Path(__file__).parent / "tiny_configs"
+
 TINY_RAW: dict[str, Any] = {
-    "method": {"name": "simsiam", "proj_dim": 64, "proj_layers": 2, "pred_hidden_dim": 16},
     "backbone": {"name": "resnet_narrow", "cifar_stem": True, "widths": [8, 16, 16, 32]},
     "data": {
         "dataset": "shapes",
@@ -29,9 +31,26 @@ TINY_RAW: dict[str, Any] = {
 }
 
 
-def tiny_raw(output_dir: Path, *overrides: str) -> dict[str, Any]:
-    """A complete raw config for a seconds-long CPU run, with ``dotted.key=value`` overrides."""
-    raw = copy.deepcopy(TINY_RAW)
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively with ``extra`` (new dict)."""
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def tiny_method_names() -> list[str]:
+    """Methods with a tiny test configuration in ``tests/tiny_configs/<name>.yaml``."""
+    return sorted(p.stem for p in TINY_CONFIGS.glob("*.yaml"))
+
+
+def tiny_raw(output_dir: Path, *overrides: str, method: str = "simsiam") -> dict[str, Any]:
+    """A complete raw config for a seconds-long CPU run of ``method`` (its tiny options from
+    ``tests/tiny_configs/<method>.yaml`` over the shared base), with ``dotted.key=value`` overrides."""
+    raw = deep_merge(TINY_RAW, yaml.safe_load((TINY_CONFIGS / f"{method}.yaml").read_text()))
     raw["output_dir"] = str(output_dir)
     for override in overrides:
         apply_override(raw, override)
