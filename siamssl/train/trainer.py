@@ -191,6 +191,8 @@ class Trainer:
             "initial_metrics": self.initial_metrics,
             "last_metrics": self.last_metrics,
             "train_seconds": self._train_seconds,
+            "log_window": {k: v.cpu() for k, v in self._window.items()},
+            "log_window_steps": self._window_steps,
         }
 
     def _save(self, name: str = "last.pt") -> None:
@@ -222,6 +224,8 @@ class Trainer:
         self.initial_metrics = dict(state["initial_metrics"])
         self.last_metrics = dict(state["last_metrics"])
         self._train_seconds = float(state["train_seconds"])
+        self._window = {k: v.to(self.device) for k, v in state["log_window"].items()}
+        self._window_steps = int(state["log_window_steps"])
         self._last_checkpoint = path
         message(f"resumed from {path} at epoch {self.epoch}, step {self.global_step}/{self.total_steps}")
 
