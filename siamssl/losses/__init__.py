@@ -10,6 +10,7 @@ from siamssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from siamssl.losses.cosine import NegativeCosineLoss, NormalizedMSELoss, negative_cosine_similarity, normalized_mse
 from siamssl.losses.infonce import InfoNCELoss, info_nce
 from siamssl.losses.ntxent import NTXentLoss, nt_xent
+from siamssl.losses.unigrad import UniGradLoss, unigrad_correlation, unigrad_loss
 from siamssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
@@ -18,11 +19,14 @@ __all__ = [
     "NTXentLoss",
     "NegativeCosineLoss",
     "NormalizedMSELoss",
+    "UniGradLoss",
     "VICRegLoss",
     "barlow_twins_loss",
     "info_nce",
     "negative_cosine_similarity",
     "normalized_mse",
     "nt_xent",
+    "unigrad_correlation",
+    "unigrad_loss",
     "vicreg_loss",
 ]
