@@ -17,6 +17,7 @@ from torch import Tensor
 
 from siamssl.data.datasets import ImageSplit, LabeledImages
 from siamssl.data.loader import eval_batches
+from siamssl.distributed import gather_no_grad
 from siamssl.eval.knn import extract_features, knn_accuracy
 from siamssl.methods.base import Batch, SSLMethod
 from siamssl.registry import Registry
@@ -124,6 +125,7 @@ class EmbeddingStdMonitor(Monitor):
     def on_step(self, batch: Batch, outputs: dict[str, Tensor]) -> None:
         embedding = outputs.get("embedding")
         if embedding is not None:
+            embedding = gather_no_grad(embedding)  # the global batch's statistic, whatever the world size
             self.total += F.normalize(embedding.float(), dim=1).std(dim=0).mean().double()
             self.count += 1
 
