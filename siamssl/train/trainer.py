@@ -3,6 +3,7 @@ monitors only through :class:`siamssl.train.monitors.Monitor`; both are found by
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -39,6 +40,15 @@ from siamssl.train.optim import build_optimizer, peak_learning_rate, schedule_fa
 from siamssl.train.runtime import init_distributed, local_main_first, message, resolve_device, seed_everything
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Buffers are not overwritten with rank 0's at every forward: with SyncBatchNorm the running
+# statistics are already equal on every rank, and queues/centres are updated from gathered tensors.
+# (Newer torch spells the option forward_sync_buffers; both still sync once at construction.)
+_NO_BUFFER_BROADCAST = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class Interrupted(SiamSSLError):
@@ -122,7 +132,7 @@ class Trainer:
         self.model: nn.Module = self.method
         if is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None, **_NO_BUFFER_BROADCAST
             )
 
         peak_lr = peak_learning_rate(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr_scaling)

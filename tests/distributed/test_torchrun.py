@@ -107,6 +107,8 @@ def test_torchrun_two_processes_then_resume_under_one_and_under_two_nodes(tmp_pa
     assert log.count("siamssl: done:") == 1 and "2 process(es) with SyncBatchNorm" in log  # only rank 0 talks
     _assert_same_model(_model(two), _model(one))
     _assert_same_losses(_losses(two), _losses(one))
+    lr = lambda run: [r["lr"] for r in _records(run) if "lr" in r]  # noqa: E731
+    assert lr(two) == lr(one) and lr(one)[0] <= 0.05 * 16 / 256  # base_lr × global batch / 256, cosine-decayed
 
     # The 2-process checkpoint of epoch 1 continues on 1 process.
     resumed_on_one = tmp_path / "resumed_on_one"

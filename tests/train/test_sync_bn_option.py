@@ -1,0 +1,45 @@
+"""``trainer.sync_bn``: null follows the method's paper (``SSLMethod.default_sync_bn``), a boolean
+overrides it. (Its effect under 2 processes is tested in tests/distributed/.)"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from siamssl.methods import SimSiam, register_method
+from siamssl.train.config import config_from_dict
+from siamssl.train.trainer import Trainer
+from tests.conftest import tiny_raw
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: a second intra-op thread only adds hand-off cost on shared CI cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@register_method("per_process_bn_simsiam")
+class _PerProcessBNSimSiam(SimSiam):
+    default_sync_bn = False
+
+    @dataclass
+    class Config(SimSiam.Config):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("method", "setting", "expected"),
+    [("simsiam", "null", True), ("simsiam", "false", False), ("per_process_bn_simsiam", "null", False), ("per_process_bn_simsiam", "true", True)],
+)
+def test_sync_bn_defaults_to_the_method_and_can_be_overridden(tmp_path, method, setting, expected):
+    raw = tiny_raw(tmp_path / "run", f"method.name={method}", f"trainer.sync_bn={setting}", "eval.monitors=[]")
+    assert Trainer(config_from_dict(raw)).sync_bn is expected
+
+
+def test_simsiam_paper_uses_sync_bn():
+    assert SimSiam.default_sync_bn is True
