@@ -293,6 +293,13 @@ class MethodEquivalence:
 # what the 1st left behind (EMA targets, queues, centres, scheduled rates).
 BASE_OVERRIDES = ("trainer.max_steps=2", "trainer.sync_bn=true", "eval.monitors=[]", "trainer.log_every_steps=1")
 
+# Hooks, only where a method genuinely differs by design. Example: a Shuffle-BN MoCo whose paper
+# setting is per-process BatchNorm can also be checked in that setting, since 2 ranks with per-rank
+# BN and a cross-rank shuffle equal 1 process with SplitBatchNorm(2) and the same permutation (see
+# test_shuffle_bn_across_ranks_equals_split_batchnorm_on_one_process), e.g. with a method option
+# ``bn_splits``: MethodEquivalence(single_overrides=("method.bn_splits=2",),
+# multi_overrides=("trainer.sync_bn=false",), why="per-GPU BN is MoCo's design"). With SyncBN forced
+# (the default here) a correct shuffle/unshuffle needs no hook: BN statistics are permutation-invariant.
 SPECIAL: dict[str, MethodEquivalence] = {}
 
 
