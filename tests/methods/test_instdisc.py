@@ -151,30 +151,52 @@ def test_two_training_steps_through_the_trainer(tmp_path, config):
     assert losses and all(torch.isfinite(torch.tensor(losses)))
 
 
-def test_short_run_on_shapes_spreads_the_embeddings_and_discriminates_instances(tmp_path):
-    """Exact softmax, the CIFAR recipe's loss: 32 steps on 64 images. A collapsed run (e.g. the loss
-    negated) ends with a mean pairwise cosine near 1 and chance-level instance retrieval."""
+def test_short_run_on_shapes_spreads_the_embeddings(tmp_path):
+    """Exact softmax, the CIFAR recipe's loss: 16 steps on 64 images. The embeddings of the training
+    images spread out (mean pairwise cosine 0.87 → about 0.73) while the loss falls; a collapsing run
+    (e.g. the loss negated) ends with a mean cosine near 1."""
     raw = tiny_raw(
-        tmp_path / "run", "method.loss=full_softmax", "method.temperature=0.1", "trainer.epochs=8", "optim.lr_scaling=none",
-        "optim.base_lr=0.05", "eval.every_n_epochs=0", "eval.monitors=[embedding_std]", method="instdisc",
+        tmp_path / "run", "method.loss=full_softmax", "method.temperature=0.1", "trainer.epochs=4", "optim.lr_scaling=none",
+        "optim.base_lr=0.05", "trainer.log_every_steps=4", "eval.every_n_epochs=0", "eval.monitors=[embedding_std]",
+        method="instdisc",
     )
     trainer = Trainer(config_from_dict(raw))
     images = trainer.data.train.images.float() / 255.0
     mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in (trainer.data.mean, trainer.data.std))
     method = trainer.method
 
-    def measure() -> tuple[float, float]:
+    def mean_cosine() -> float:
         method.eval()
         with torch.no_grad():
             v = F.normalize(method.head(method.backbone((images - mean) / std)), dim=1)
         method.train()
         cosine = v @ v.t()
-        off_diagonal = (cosine.sum() - cosine.diagonal().sum()) / (len(v) * (len(v) - 1))
-        retrieval = ((v @ method.bank.features.t()).argmax(1) == torch.arange(len(v))).float().mean()
-        return float(off_diagonal), float(retrieval)
+        return float((cosine.sum() - cosine.diagonal().sum()) / (len(v) * (len(v) - 1)))
 
-    cosine_before, _ = measure()
+    before = mean_cosine()
     trainer.fit()
-    cosine_after, retrieval = measure()
-    assert cosine_after < cosine_before - 0.1
-    assert retrieval >= 4 / len(images)  # at least 4x chance (1/64)
+    assert mean_cosine() < before - 0.1
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) == 4 and losses[-1] < 0.6 * losses[0]
+
+
+def test_interrupt_and_resume_matches_the_uninterrupted_run(tmp_path):
+    """Bank, Z and the noise stream are checkpointed: a run stopped at step 3 (SIGINT) and resumed
+    ends with exactly the weights and bank of the run that was never stopped."""
+    from siamssl.train.checkpoint import load_checkpoint
+    from siamssl.train.trainer import Interrupted
+    from tests.train import test_trainer  # noqa: F401  (registers the "interrupt_at_step_3" monitor)
+
+    reference = tiny_raw(tmp_path / "reference", "eval.monitors=[embedding_std]", method="instdisc")
+    Trainer(config_from_dict(reference)).fit()
+    raw = tiny_raw(tmp_path / "interrupted", "eval.monitors=[embedding_std, interrupt_at_step_3]", method="instdisc")
+    with pytest.raises(Interrupted):
+        Trainer(config_from_dict(raw)).fit()
+    raw["trainer"]["resume"] = True
+    raw["eval"]["monitors"] = ["embedding_std"]
+    Trainer(config_from_dict(raw)).fit()
+    expected = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
+    actual = load_checkpoint(tmp_path / "interrupted" / "checkpoints" / "last.pt")["model"]
+    assert expected.keys() == actual.keys() and "bank._extra_state" in expected
+    for key, value in expected.items():
+        assert torch.equal(value, actual[key]) if isinstance(value, torch.Tensor) else value == actual[key], key
