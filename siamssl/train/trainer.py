@@ -245,7 +245,7 @@ class Trainer:
             self.initial_metrics = self._on_train_start()
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, disable=not (is_main_process() and cfg.trainer.progress_bar),
-            dynamic_ncols=True, unit="step",
+            dynamic_ncols=True, unit="step", mininterval=1.0,
         )
         with bar, self._signals_handled():
             while self.global_step < self.total_steps:
@@ -335,7 +335,9 @@ class Trainer:
         record["images_per_s"] = images_per_s
         self._throughput.append(images_per_s)
         self.metrics.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}", img_s=f"{images_per_s:.0f}", refresh=False)
+        postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}", "img/s": f"{images_per_s:.0f}"}
+        postfix.update({k: f"{v:.4g}" for k, v in self.last_metrics.items()})
+        bar.set_postfix(postfix, refresh=False)
         self._window, self._window_steps, self._window_start = {}, 0, time.perf_counter()
         if is_distributed():  # all ranks agree on stopping at the same step
             flag = torch.tensor([int(self._stop_requested)], device=self.device)
