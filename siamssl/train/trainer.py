@@ -99,6 +99,8 @@ class Trainer:
             total_steps=self.total_steps,
             image_size=augment.crop_size,
             make_backbone=make_backbone,
+            image_mean=tuple(augment.mean or self.data.mean),
+            image_std=tuple(augment.std or self.data.std),
         )
         self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
         if cfg.trainer.channels_last:
