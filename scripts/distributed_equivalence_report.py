@@ -53,9 +53,11 @@ def main() -> None:
         single, rank0 = result["single"], result["multi"][0]
         grads = max(max_diff(m[k], g) for s_, m in zip(single["grads"], rank0["grads"]) for k, g in s_.items())
         exp, act = result["checkpoints"]["single"], result["checkpoints"]["multi"]
-        params = max(max_diff(act[k].float(), v.float()) for k, v in exp.items())
+        params = max(max_diff(act[k].float(), v.float()) for k, v in exp.items() if isinstance(v, torch.Tensor))
         losses = max(abs(a - b) for a, b in zip(result["metrics"]["single"], result["metrics"]["multi"]))
-        replicas = max(max_diff(result["multi"][1]["state"][k].float(), v.float()) for k, v in rank0["state"].items())
+        replicas = max(
+            max_diff(result["multi"][1]["state"][k].float(), v.float()) for k, v in rank0["state"].items() if isinstance(v, torch.Tensor)
+        )
         print(f"method {run:24s} grads {grads:.1e} state {params:.1e} logged loss {losses:.1e} rank0 vs rank1 {replicas:.1e}")
 
 

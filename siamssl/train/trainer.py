@@ -120,6 +120,8 @@ class Trainer:
             total_steps=self.total_steps,
             image_size=augment.crop_size,
             make_backbone=make_backbone,
+            image_mean=tuple(augment.mean or self.data.mean),
+            image_std=tuple(augment.std or self.data.std),
         )
         self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
         if cfg.trainer.channels_last:
@@ -138,7 +140,10 @@ class Trainer:
         peak_lr = peak_learning_rate(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr_scaling)
         self.optimizer = build_optimizer(self.method.parameter_groups(), cfg.optim, peak_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.trainer.precision == "fp16")
-        monitor_context = MonitorContext(self.data, self.device, cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers)
+        monitor_context = MonitorContext(
+            self.data, augment.mean or self.data.mean, augment.std or self.data.std, self.device,
+            cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers,
+        )
         self.monitors: dict[str, Monitor] = {
             name: MONITORS.get(name)(cfg.monitor_options.get(name), monitor_context) for name in cfg.eval.monitors
         }

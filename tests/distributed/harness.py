@@ -40,15 +40,22 @@ from tests.conftest import tiny_raw
 from siamssl.losses import (
     BarlowTwinsLoss,
     InfoNCELoss,
+    NCELoss,
     NegativeCosineLoss,
+    NonParametricSoftmaxLoss,
     NormalizedMSELoss,
     NTXentLoss,
     VICRegLoss,
     barlow_twins_loss,
+    full_softmax_loss,
     info_nce,
+    nce_loss,
+    nce_normalizer,
     negative_cosine_similarity,
     normalized_mse,
     nt_xent,
+    proximal_penalty,
+    sampled_softmax_loss,
     vicreg_loss,
 )
 
@@ -59,6 +66,18 @@ DIM = 16
 IN_DIM = 8
 
 _BANK = torch.randn(20, DIM, generator=torch.Generator().manual_seed(11))
+# A memory bank (InstDisc/CMC) is a buffer identical on every rank; each sample's bank row and noise
+# candidates are functions of its global position, as the methods draw them.
+_MEMORY = F.normalize(_BANK, dim=1)
+_INDEX = torch.randperm(20, generator=torch.Generator().manual_seed(12))[:GLOBAL_BATCH]
+_CANDIDATES = torch.cat([_INDEX.view(-1, 1), torch.randint(20, (GLOBAL_BATCH, 5), generator=torch.Generator().manual_seed(13))], 1)
+_Z = 30.0
+
+
+def _nce_with_estimated_normalizer(a: Tensor, b: Tensor) -> Tensor:
+    """As MemoryBank does: the first batch's estimate of Z, averaged over ranks."""
+    z = sd.all_reduce_mean(nce_normalizer(a, _MEMORY, local_rows(_CANDIDATES), 0.2).clone())
+    return nce_loss(a, _MEMORY, local_rows(_CANDIDATES), z, 0.2)
 
 LossCase = Callable[[Tensor, Tensor], Tensor]
 
@@ -77,9 +96,16 @@ LOSS_CASES: dict[str, LossCase] = {
     "NTXentLoss": lambda a, b: NTXentLoss(temperature=0.5)(a, b),
     "BarlowTwinsLoss": lambda a, b: BarlowTwinsLoss(lambd=0.05)(a, b),
     "VICRegLoss": lambda a, b: VICRegLoss()(a, b),
+    "full_softmax_loss": lambda a, b: full_softmax_loss(a, _MEMORY, local_rows(_INDEX), 0.2),
+    "sampled_softmax_loss": lambda a, b: sampled_softmax_loss(a, _MEMORY, local_rows(_CANDIDATES), 0.2),
+    "nce_loss": lambda a, b: nce_loss(a, _MEMORY, local_rows(_CANDIDATES), _Z, 0.2),
+    "nce_normalizer": _nce_with_estimated_normalizer,
+    "proximal_penalty": lambda a, b: proximal_penalty(F.normalize(a, dim=1), F.normalize(b, dim=1)),
+    "NCELoss": lambda a, b: NCELoss(0.2)(a, _MEMORY, local_rows(_CANDIDATES), _Z),
+    "NonParametricSoftmaxLoss": lambda a, b: NonParametricSoftmaxLoss(0.2)(a, _MEMORY, local_rows(_INDEX)),
 }
 
-# The same losses computed on the local batch only: on 2 ranks they must NOT match one process.
+# The same losses computed on the local batch only (for nce_normalizer: Z estimated on the local batch,\n# not averaged over ranks): on 2 ranks they must NOT match one process.
 GATHERING_LOSSES: dict[str, LossCase] = {
     "info_nce": lambda a, b: info_nce(a, b, temperature=0.2, gather_distributed=False),
     "nt_xent": lambda a, b: nt_xent(a, b, temperature=0.5, gather_distributed=False),
@@ -89,6 +115,9 @@ GATHERING_LOSSES: dict[str, LossCase] = {
     "NTXentLoss": lambda a, b: NTXentLoss(temperature=0.5, gather_distributed=False)(a, b),
     "BarlowTwinsLoss": lambda a, b: BarlowTwinsLoss(lambd=0.05, gather_distributed=False)(a, b),
     "VICRegLoss": lambda a, b: VICRegLoss(gather_distributed=False)(a, b),
+    "nce_normalizer": lambda a, b: nce_loss(
+        a, _MEMORY, local_rows(_CANDIDATES), nce_normalizer(a, _MEMORY, local_rows(_CANDIDATES), 0.2), 0.2
+    ),
 }
 
 
@@ -395,7 +424,7 @@ def run_method(raw: dict[str, Any], out_dir: str) -> None:
     method.on_before_optimizer_step = record_then_continue  # type: ignore[method-assign]
     trainer.fit()
     torch.save(
-        {"grads": grads, "state": {k: v.detach().clone() for k, v in method.state_dict().items()}},
+        {"grads": grads, "state": {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in method.state_dict().items()}},
         out / f"method_rank{sd.rank()}.pt",
     )
 

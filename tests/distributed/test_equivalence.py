@@ -12,10 +12,11 @@ Tolerances (float32 throughout):
 * SyncBatchNorm vs ``nn.BatchNorm`` on the concatenated batch: outputs, input gradients, summed
   parameter gradients and running statistics within ``atol=rtol=1e-5``; bf16 outputs within bf16
   precision (``atol=rtol=2e-2``).
-* methods: two optimizer steps through the real Trainer. Gradients of every step within
-  ``atol=1e-5`` (max-abs, relative to ``max(1, max|g|)`` of the tensor), final parameters and
-  buffers within ``atol=1e-5``, logged losses within ``rtol=1e-5, atol=1e-6``; ranks hold identical
-  replicas (``atol=1e-6``).
+* methods: two optimizer steps through the real Trainer. Per tensor, the max-abs difference of the
+  gradients of every step and of the final parameters and buffers is at most ``1e-5 × max(1,
+  max|x|)``: ``1e-5`` absolute for the O(1) parameters, relative for large buffers such as a memory
+  bank's NCE constant Z ≈ 5e3, whose float32 spacing is ~5e-4. Logged losses within
+  ``rtol=1e-5, atol=1e-6``; ranks hold identical replicas (``atol=1e-6``).
 * negative controls: a loss that only sees the local batch, a gather whose backward keeps only the
   local gradient, and per-rank BatchNorm in a method all differ from one process by more than
   ``1e-3``, so the tolerances above do detect the silent bugs.
@@ -161,8 +162,10 @@ def test_method_two_processes_equal_one_process(job, method):
     expected, actual = result["checkpoints"]["single"], result["checkpoints"]["multi"]
     assert set(expected) == set(actual)
     for key, value in expected.items():
-        if value.is_floating_point():
-            assert _max_diff(actual[key], value) <= 1e-5, key
+        if not isinstance(value, torch.Tensor):  # extra state (e.g. a memory bank's noise seed)
+            assert actual[key] == value, key
+        elif value.is_floating_point():
+            assert _max_diff(actual[key], value) <= 1e-5 * max(1.0, value.abs().max().item()), key
         else:
             assert torch.equal(actual[key], value), key
     losses = result["metrics"]
@@ -175,8 +178,12 @@ def test_method_ranks_hold_identical_replicas(job, method):
     states = [r["state"] for r in job["methods"][method]["multi"]]
     skip = set(harness.SPECIAL.get(method, harness.MethodEquivalence()).rank_local_state)
     for key, value in states[0].items():
-        if key not in skip:
+        if key in skip:
+            continue
+        if isinstance(value, torch.Tensor):
             assert _max_diff(states[1][key].float(), value.float()) <= 1e-6, key
+        else:
+            assert states[1][key] == value, key
 
 
 def test_negative_control_per_rank_batchnorm_is_detected(job):
