@@ -95,7 +95,7 @@ class SSLMethod(nn.Module):
     feature_dim: int
     #: Whether the paper's multi-GPU recipe computes BatchNorm statistics over the global batch
     #: (SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV do; MoCo v1/v2 use per-GPU BN with
-    #: Shuffle-BN instead). The trainer converts to SyncBatchNorm under torchrun when this is True,
+    #: Shuffle-BN instead; InstDisc and CMC per-GPU BN). The trainer converts to SyncBatchNorm under torchrun when this is True,
     #: unless ``trainer.sync_bn`` says otherwise.
     default_sync_bn: ClassVar[bool] = True
 

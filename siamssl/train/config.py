@@ -63,7 +63,8 @@ class TrainerConfig:
 
     ``sync_bn``: under ``torchrun`` with more than one process, compute BatchNorm statistics over the
     global batch (SyncBatchNorm); null (default) follows the method's paper (``default_sync_bn``: on
-    for SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV; off for Shuffle-BN MoCo).
+    for SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV; off for Shuffle-BN MoCo,
+    InstDisc, CMC).
     ``compile``: ``torch.compile`` the backbone with ``compile_backend`` (``inductor``; ``aot_eager``
     checks tracing without code generation). ``channels_last``: NHWC memory format for model and
     images (faster convolutions with AMP on recent GPUs).

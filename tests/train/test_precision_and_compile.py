@@ -4,10 +4,12 @@ Each test runs one optimizer step of a tiny config and compares the gradients th
 receives with those of the fp32 / eager / contiguous run (captured by
 ``tests.distributed.harness.run_method``). Tolerances:
 
-* bf16 autocast vs fp32 (every registered method): the logged losses agree within ``2e-2``
-  absolute and the gradient (all parameters as one vector) within ``25%`` relative norm, i.e. a
-  cosine similarity above 0.97 (bf16 keeps 8 bits of mantissa; measured ~9% on simsiam, with a
-  width-8 ResNet where every BatchNorm sees 16 samples);
+* bf16 autocast vs fp32 (every registered method): the logged losses agree within
+  ``2e-2 × max(1, |loss|)`` (CMC's NCE loss is ~19) and the first step's gradient (all parameters
+  as one vector) within ``35%`` relative norm. bf16 keeps 8 bits of mantissa and a width-8 ResNet
+  at initialization has small, cancelling gradients: measured 20% for simsiam (whose loss is ~0 at
+  init), 11% for cmc, 5% for instdisc. A loss computed in bf16 is caught by the tighter
+  tests/losses/test_common.py (autocast result = float32 result within 1e-5);
 * channels_last and compile (``aot_eager``, which runs the traced graphs with eager kernels): the
   per-tensor max-abs gradient difference within ``1e-5`` relative to ``max(1, max|g|)``.
 """
@@ -65,10 +67,11 @@ def _max_relative(actual: dict[str, torch.Tensor], expected: dict[str, torch.Ten
 def test_bf16_step_agrees_with_fp32_step(tmp_path, method):
     fp32 = _step(tmp_path, "fp32", method=method)
     bf16 = _step(tmp_path, "bf16", "trainer.precision=bf16", method=method)
-    assert abs(bf16["loss"] - fp32["loss"]) <= 2e-2
-    assert _relative_norm(bf16["grads"][0], fp32["grads"][0]) <= 0.25
+    assert abs(bf16["loss"] - fp32["loss"]) <= 2e-2 * max(1.0, abs(fp32["loss"]))
+    assert _relative_norm(bf16["grads"][0], fp32["grads"][0]) <= 0.35
     for key, value in bf16["state"].items():
-        assert value.dtype == fp32["state"][key].dtype, key  # master weights stay in float32
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == fp32["state"][key].dtype, key  # master weights stay in float32
 
 
 def test_fp16_on_cpu_is_a_clear_config_error(tmp_path):

@@ -43,3 +43,9 @@ def test_sync_bn_defaults_to_the_method_and_can_be_overridden(tmp_path, method, 
 
 def test_simsiam_paper_uses_sync_bn():
     assert SimSiam.default_sync_bn is True
+
+
+def test_memory_bank_methods_keep_per_gpu_batchnorm_like_their_official_code():
+    from siamssl.methods import METHODS
+
+    assert METHODS.get("instdisc").default_sync_bn is False and METHODS.get("cmc").default_sync_bn is False
