@@ -136,12 +136,14 @@ def learning_rate(options: LinearOptions, epoch: int) -> float:
 
 
 class LinearClassifier(nn.Module):
-    """[BatchNorm1d(affine=False)] + Linear with weights N(0, 0.01) and bias 0."""
+    """[BatchNorm1d(affine=False)] + Linear with weights N(0, 0.01) from ``generator`` and bias 0
+    (no draw from the global random stream, so the online probe leaves a run's randomness alone)."""
 
     def __init__(self, feature_dim: int, num_classes: int, batch_norm: bool, generator: torch.Generator) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(feature_dim, affine=False) if batch_norm else nn.Identity()
-        self.linear = nn.Linear(feature_dim, num_classes)
+        # skip_init: nn.Linear's own initialization would draw from the global random stream
+        self.linear = torch.nn.utils.skip_init(nn.Linear, feature_dim, num_classes)
         with torch.no_grad():
             self.linear.weight.copy_(torch.randn(self.linear.weight.shape, generator=generator) * 0.01)
             self.linear.bias.zero_()

@@ -13,13 +13,14 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from siamssl.data.datasets import ImageSplit, LabeledImages
 from siamssl.data.loader import eval_batches
 from siamssl.distributed import all_reduce_sum, is_distributed, world_size
 from siamssl.eval.features import measure_representation
 from siamssl.eval.knn import extract_features, knn_accuracy
+from siamssl.eval.linear import LinearClassifier
 from siamssl.methods.base import Batch, SSLMethod
 from siamssl.registry import Registry
 
@@ -150,12 +151,14 @@ class OnlineProbeOptions:
     """Online linear probe (SimCLR's ``lineareval_while_pretraining``, BYOL's online classifier): a
     linear classifier on the detached backbone features of view 0 (the method's ``features``) and
     the batch labels, trained after every SSL step with its own SGD optimizer (``lr``, ``momentum``,
-    ``weight_decay``; weights N(0, 0.01) drawn from ``seed``, bias 0). ``evaluate_test``: also measure
-    it on the test split in eval mode (``max_test_samples`` of it)."""
+    ``weight_decay``; weights N(0, 0.01) drawn from ``seed``, bias 0). ``batch_norm``: standardize
+    the features with a BatchNorm without affine parameters first, so one ``lr`` suits any feature
+    scale. ``evaluate_test``: also measure it on the test split in eval mode (``max_test_samples``)."""
 
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
+    batch_norm: bool = True
     evaluate_test: bool = True
     max_test_samples: Optional[int] = None
     seed: int = 0
@@ -177,7 +180,7 @@ class OnlineProbeMonitor(Monitor):
     def __init__(self, options: Any, context: MonitorContext) -> None:
         super().__init__(options, context)
         self.num_classes = len(context.data.classes)
-        self.classifier: Optional[nn.Linear] = None
+        self.classifier: Optional[LinearClassifier] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
         device = context.device
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -186,12 +189,8 @@ class OnlineProbeMonitor(Monitor):
         self.steps = 0
 
     def _build(self, feature_dim: int) -> None:
-        # skip_init: nn.Linear's own initialization would draw from the global random stream.
-        classifier = torch.nn.utils.skip_init(nn.Linear, feature_dim, self.num_classes)
         generator = torch.Generator().manual_seed(self.options.seed)
-        with torch.no_grad():
-            classifier.weight.copy_(torch.randn(classifier.weight.shape, generator=generator) * 0.01)
-            classifier.bias.zero_()
+        classifier = LinearClassifier(feature_dim, self.num_classes, self.options.batch_norm, generator)
         self.classifier = classifier.to(self.context.device)
         self.optimizer = torch.optim.SGD(
             self.classifier.parameters(), lr=self.options.lr, momentum=self.options.momentum, weight_decay=self.options.weight_decay
@@ -205,6 +204,7 @@ class OnlineProbeMonitor(Monitor):
         if self.classifier is None:
             self._build(features.shape[1])
         assert self.classifier is not None and self.optimizer is not None
+        self.classifier.train()
         with torch.enable_grad():
             logits = self.classifier(features)
             loss = F.cross_entropy(logits, batch.labels)
@@ -231,6 +231,7 @@ class OnlineProbeMonitor(Monitor):
         test = self.context.data.test
         if self.options.evaluate_test and self.classifier is not None and test is not None:
             features, labels = split_features(method, test, self.context, self.options.max_test_samples)
+            self.classifier.eval()
             predictions = self.classifier(features).argmax(dim=1)
             results["online_probe_top1"] = float((predictions == labels).float().mean())
         return results
@@ -249,7 +250,7 @@ class OnlineProbeMonitor(Monitor):
         self.correct.copy_(state["correct"])
         self.seen, self.steps = int(state["seen"]), int(state["steps"])
         if "classifier" in state:
-            self._build(int(state["classifier"]["weight"].shape[1]))
+            self._build(int(state["classifier"]["linear.weight"].shape[1]))
             assert self.classifier is not None and self.optimizer is not None
             self.classifier.load_state_dict(state["classifier"])
             self.optimizer.load_state_dict(state["optimizer"])

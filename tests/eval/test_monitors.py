@@ -40,8 +40,8 @@ def test_online_probe_never_changes_the_ssl_gradients(tmp_path, monkeypatch):
     assert torch.equal(state_a["rng_cpu"], state_b["rng_cpu"])  # the monitors drew no global random numbers
 
     probe = state_b["monitors"]["online_probe"]["classifier"]
-    initial = torch.randn(probe["weight"].shape, generator=torch.Generator().manual_seed(0)) * 0.01
-    assert not torch.allclose(probe["weight"], initial)  # it was trained
+    initial = torch.randn(probe["linear.weight"].shape, generator=torch.Generator().manual_seed(0)) * 0.01
+    assert not torch.allclose(probe["linear.weight"], initial)  # it was trained
     assert 0.0 <= summary["online_probe_train_top1"] <= 1.0 and 0.0 <= summary["online_probe_top1"] <= 1.0
 
 
