@@ -190,7 +190,7 @@ class OnlineProbeMonitor(Monitor):
 
     def _build(self, feature_dim: int) -> None:
         generator = torch.Generator().manual_seed(self.options.seed)
-        classifier = LinearClassifier(feature_dim, self.num_classes, self.options.batch_norm, generator)
+        classifier = LinearClassifier(feature_dim, self.num_classes, self.options.batch_norm, generator, norm_momentum=0.1)
         self.classifier = classifier.to(self.context.device)
         self.optimizer = torch.optim.SGD(
             self.classifier.parameters(), lr=self.options.lr, momentum=self.options.momentum, weight_decay=self.options.weight_decay

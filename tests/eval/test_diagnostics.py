@@ -49,7 +49,7 @@ def test_std_of_isotropic_gaussian_is_one_over_sqrt_d():
     d = 64
     z = torch.randn(20000, d, generator=torch.Generator().manual_seed(0))
     assert normalized_channel_std(z).mean().item() == pytest.approx(1 / math.sqrt(d), rel=0.02)
-    assert summarize(z)["std_x_sqrt_d"] == pytest.approx(1.0, rel=0.02)
+    assert summarize(z[:2000])["std_x_sqrt_d"] == pytest.approx(1.0, rel=0.03)
 
 
 # ------------------------------------------------------------------------------------ rank

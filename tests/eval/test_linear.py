@@ -42,6 +42,17 @@ def test_fast_preset_reaches_99_percent_on_linearly_separable_features():
     assert results["top1"] >= 0.99
     assert results["top5"] >= results["top1"]
     assert len(results["history"]) == options.epochs
+    # frozen features: the standardization uses the training set's own statistics
+    assert torch.allclose(classifier.norm.running_mean, train_x.mean(dim=0), atol=1e-5)
+    assert torch.allclose(classifier.norm.running_var, train_x.var(dim=0), rtol=1e-4)
+
+
+def test_sgd_on_standardized_features_also_reaches_99_percent():
+    train_x, train_y = separable_by_construction(2000, seed=0)
+    test_x, test_y = separable_by_construction(1000, seed=1)
+    options = linear_options("fast", optimizer="sgd", base_lr=1.0, lr_scaling="none", epochs=30, schedule="cosine")
+    _, results = train_linear_classifier(cached_batches(train_x, train_y, 256, 0), 16, 10, test_x, test_y, options)
+    assert results["top1"] >= 0.99
 
 
 @pytest.mark.parametrize("preset", ["moco", "byol"])
@@ -131,5 +142,7 @@ def test_linear_command_errors_are_one_line(trained_run, capsys):
     assert capsys.readouterr().err.strip().startswith("error: unknown preset 'simsaim' (did you mean 'simsiam'?)")
     assert main(["--checkpoint", str(trained_run), "epochs=ten"]) == 2
     assert capsys.readouterr().err.strip() == "error: config key 'epochs' must be an integer, got 'ten'"
-    assert main(["--checkpoint", str(trained_run), "augment=true", "batch_size=1000", "epochs=1"]) == 2
+    assert main(["--checkpoint", str(trained_run), "augment=true", "preset=moco", "batch_size=1000", "epochs=1"]) == 2
     assert "larger than the training set" in capsys.readouterr().err
+    assert main(["--checkpoint", str(trained_run), "augment=true"]) == 2
+    assert "augment=true needs a minibatch optimizer" in capsys.readouterr().err
