@@ -208,6 +208,27 @@ def interpret(scalars: dict[str, float], dims: dict[str, int]) -> list[str]:
     return lines
 
 
+def _summary_from_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """What ``summary.json`` would say, from the last checkpoint of a run that did not finish."""
+    from siamssl.train.checkpoint import load_checkpoint
+
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return {}
+    try:
+        state = load_checkpoint(path)
+    except SiamSSLError:
+        return {}
+    config = state["config"]
+    return {
+        "epochs": state["epoch"], "steps": state["global_step"] if state["global_step"] >= state["total_steps"]
+        else f"{state['global_step']} of {state['total_steps']} (unfinished)",
+        "global_batch_size": config["data"]["batch_size"], "world_size": "?", "device": config["trainer"]["device"],
+        "train_seconds": round(float(state["train_seconds"]), 1), "images_per_s": "?",
+        **state["initial_metrics"], **state["last_metrics"],
+    }
+
+
 def _percent(value: Any) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else str(value)
 
@@ -279,7 +300,7 @@ def write_report(run: str | Path, options: ReportOptions, data_overrides: list[s
     if not run_dir.is_dir():
         raise SiamSSLError(f"run directory '{run}' does not exist")
     records = read_metrics(run_dir)
-    summary = _read_json(run_dir / "summary.json") or {}
+    summary = _read_json(run_dir / "summary.json") or _summary_from_checkpoint(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     images = {"training": "report/training.png"}

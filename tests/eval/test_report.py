@@ -29,6 +29,22 @@ def test_report_writes_non_empty_pngs_and_markdown(trained_run, capsys):
         assert expected in markdown, expected
 
 
+def test_report_of_an_interrupted_run_reads_the_checkpoint(trained_run, tmp_path):
+    import shutil
+
+    from siamssl.train.checkpoint import load_checkpoint, save_atomic
+
+    run = tmp_path / "interrupted"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report*", "eval_cache", "*.json"))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    state["global_step"] = 6  # as if stopped before the end, with no summary.json
+    save_atomic(state, run / "checkpoints" / "last.pt")
+    assert main([str(run), "checkpoint=false"]) == 0
+    markdown = (run / "report.md").read_text()
+    assert "6 of 8 (unfinished)" in markdown and "knn_top1_random_init (monitor)" in markdown
+    assert (run / "report" / "training.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_report_without_matplotlib_says_how_to_install_it(trained_run, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert main([str(trained_run)]) == 2
