@@ -160,9 +160,8 @@ def evaluate_diagnostics(checkpoint: str | Path, options: DiagnosticsEvalOptions
     from siamssl.eval.runs import default_output, load_run, write_json
 
     run = load_run(checkpoint, data_overrides, options.device, options.random_init)
-    data = run.labeled_data()
     scalars, features = measure_representation(
-        run.method, run.split(options.split), data.mean, data.std, run.device, run.crop_size, options.batch_size,
+        run.method, run.split(options.split), run.mean, run.std, run.device, run.crop_size, options.batch_size,
         options.max_samples, options.alignment, options.alpha, options.t, options.seed, options.num_workers,
     )
     payload: dict[str, Any] = {

@@ -287,12 +287,11 @@ def augmented_batches(run: Any, options: LinearOptions) -> Callable[[int], Itera
     from siamssl.data.loader import TrainLoader
     from siamssl.eval.runs import embedding_function
 
-    data = run.labeled_data()
     recipe = AugmentConfig(views=1, crop_size=run.crop_size, crop_scale=(0.08, 1.0), jitter_p=0.0, grayscale_p=0.0)
     split = run.split("train").subset(options.max_train_samples)
     if options.batch_size > len(split):
         raise ConfigError(f"batch_size={options.batch_size} is larger than the training set ({len(split)} images) with augment=true")
-    loader = TrainLoader(split, view_transforms(recipe, data.mean, data.std), options.batch_size, options.seed,
+    loader = TrainLoader(split, view_transforms(recipe, run.mean, run.std), options.batch_size, options.seed,
                          options.num_workers, device=run.device)
     embed = embedding_function(run.method, options.features)
 

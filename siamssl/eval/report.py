@@ -340,7 +340,7 @@ def _checkpoint_pictures(checkpoint: Path, options: ReportOptions, data_override
     data = loaded.labeled_data()
     split_name = "test" if data.test is not None else "train"
     scalars, features = measure_representation(
-        loaded.method, loaded.split(split_name), data.mean, data.std, loaded.device, loaded.crop_size, options.batch_size,
+        loaded.method, loaded.split(split_name), loaded.mean, loaded.std, loaded.device, loaded.crop_size, options.batch_size,
         options.max_samples, options.alignment, 2.0, 2.0, options.seed, options.num_workers,
     )
     images["spectrum"] = "report/spectrum.png"

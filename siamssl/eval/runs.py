@@ -102,51 +102,55 @@ class LoadedRun:
     def crop_size(self) -> int:
         return self.config.data.augment.crop_size
 
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """The per-channel mean the model's training views were normalized with."""
+        return tuple(self.config.data.augment.mean or self.labeled_data().mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """The per-channel std the model's training views were normalized with."""
+        return tuple(self.config.data.augment.std or self.labeled_data().std)
+
 
 def load_run(
     checkpoint: str | Path,
     data_overrides: Sequence[str] = (),
     device: str = "auto",
     random_init: bool = False,
-    with_data: bool = True,
 ) -> LoadedRun:
-    """Rebuild a run's method from its checkpoint (config → backbone + method via the registries,
-    then the saved weights), in eval mode on ``device``.
+    """Rebuild a run's method from its checkpoint (config → dataset, backbone + method via the
+    registries, then the saved weights), in eval mode on ``device``.
 
     ``random_init``: skip the saved weights; the method is initialized with the run's seed and the
-    trainer's construction order (the random-init baseline). ``with_data``: build the dataset too
-    (it sizes the method's context exactly; without it, the number of samples is estimated from the
-    schedule, which only matters to methods whose buffers depend on it).
+    trainer's construction order (the random-init baseline). Buffers whose size depends on the data
+    (memory banks) take the checkpoint's shape, so a run can be evaluated on another dataset.
     """
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
     cfg = config_of(state, data_overrides)
     target = resolve_device(device)
     seed_everything(cfg.seed)
-    data = build_dataset(cfg.data) if with_data else None
-    batch_size = cfg.data.batch_size
-    if data is not None:
-        num_samples = len(data.train)
-        steps_per_epoch = max(1, num_samples // batch_size)
-    else:
-        epochs_done = int(state.get("epoch", 0))
-        steps_per_epoch = max(1, int(state["global_step"]) // epochs_done) if epochs_done else int(state["total_steps"])
-        num_samples = steps_per_epoch * batch_size
+    data = build_dataset(cfg.data)
+    augment = cfg.data.augment
 
     def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
         return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
 
     backbone, feature_dim = make_backbone()
     context = MethodContext(
-        num_samples=num_samples,
-        global_batch_size=batch_size,
-        steps_per_epoch=steps_per_epoch,
+        num_samples=len(data.train),
+        global_batch_size=cfg.data.batch_size,
+        steps_per_epoch=max(1, len(data.train) // cfg.data.batch_size),
         total_steps=int(state["total_steps"]),
-        image_size=cfg.data.augment.crop_size,
+        image_size=augment.crop_size,
         make_backbone=make_backbone,
+        image_mean=tuple(augment.mean or data.mean),
+        image_std=tuple(augment.std or data.std),
     )
     method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context)
     if not random_init:
+        adopt_buffer_shapes(method, state["model"])
         try:
             method.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -154,6 +158,20 @@ def load_run(
             raise SiamSSLError(f"checkpoint '{path}' does not match its method config: {first}") from None
     method.to(target).eval()
     return LoadedRun(method, cfg, path, run_directory(path), state, target, random_init, data)
+
+
+def adopt_buffer_shapes(module: nn.Module, state: dict[str, Tensor]) -> None:
+    """Give every buffer of ``module`` whose shape differs from ``state``'s the saved shape (memory
+    banks sized by the training set); parameters are left alone, so real mismatches still fail."""
+    for key, value in state.items():
+        owner_name, _, name = key.rpartition(".")
+        try:
+            owner = module.get_submodule(owner_name) if owner_name else module
+        except AttributeError:
+            continue
+        buffer = owner._buffers.get(name)
+        if buffer is not None and buffer.shape != value.shape:
+            owner._buffers[name] = torch.empty(value.shape, dtype=buffer.dtype, device=buffer.device)
 
 
 # -------------------------------------------------------------------------------------- features
@@ -197,9 +215,8 @@ def frozen_features(
     if cache and path.is_file():
         stored = torch.load(path, map_location=run.device, weights_only=True)
         return stored["features"], stored["labels"]
-    data = run.labeled_data()
     batches = eval_batches(
-        run.split(split).subset(limit), batch_size, data.mean, data.std, run.device, run.crop_size, num_workers
+        run.split(split).subset(limit), batch_size, run.mean, run.std, run.device, run.crop_size, num_workers
     )
     run.method.eval()
     features, labels = extract_features(embedding_function(run.method, kind), batches)

@@ -27,7 +27,7 @@ def resnet18_run(tmp_path_factory):
 
 
 def _features_agree(model: torch.nn.Module, run_dir) -> None:
-    method = load_run(run_dir, device="cpu", with_data=False).method
+    method = load_run(run_dir, device="cpu").method
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():

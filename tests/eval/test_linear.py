@@ -109,7 +109,7 @@ def test_frozen_features_use_eval_mode_leave_the_model_untouched_and_are_cached(
     for key, value in run.method.state_dict().items():  # BatchNorm statistics did not move
         assert torch.equal(value, before[key]), key
     images = run.split("test").images.float() / 255.0
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (run.labeled_data().mean, run.labeled_data().std))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (run.mean, run.std))
     run.method.eval()
     with torch.no_grad():
         direct = run.method.backbone((images - mean) / std)

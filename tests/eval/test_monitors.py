@@ -49,7 +49,7 @@ def _context(num_classes: int = 3) -> MonitorContext:
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     split = ImageSplit(labels=torch.zeros(4, dtype=torch.long), images=images)
     data = LabeledImages(split, None, [str(c) for c in range(num_classes)], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    return MonitorContext(data, torch.device("cpu"), batch_size=4, crop_size=8)
+    return MonitorContext(data, data.mean, data.std, torch.device("cpu"), batch_size=4, crop_size=8)
 
 
 def _separable_stream(steps: int, seed: int = 0):
@@ -117,7 +117,8 @@ def test_diagnostics_monitor_sees_collapse():
     context = _context()
     images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     split = ImageSplit(labels=torch.zeros(64, dtype=torch.long), images=images)
-    context = MonitorContext(LabeledImages(split, split, ["a"], (0.5,) * 3, (0.25,) * 3), context.device, 16, 8)
+    data = LabeledImages(split, split, ["a"], (0.5,) * 3, (0.25,) * 3)
+    context = MonitorContext(data, data.mean, data.std, context.device, 16, 8)
     monitor = DiagnosticsMonitor(DiagnosticsOptions(max_samples=None, random_init=True), context)
     collapsed = monitor.evaluate(_Constant(noise=False))
     for prefix in ("feat", "emb"):
