@@ -13,9 +13,9 @@ from tests.conftest import tiny_raw
 ALL_MONITORS = "eval.monitors=[knn, embedding_std, online_probe, diagnostics]"
 
 
-def train_tiny(run_dir: Path, *overrides: str) -> dict:
-    """Train the tiny SimSiam config into ``run_dir``; returns the summary."""
-    return Trainer(config_from_dict(tiny_raw(run_dir, *overrides))).fit()
+def train_tiny(run_dir: Path, *overrides: str, method: str = "simsiam") -> dict:
+    """Train the tiny config of ``method`` into ``run_dir``; returns the summary."""
+    return Trainer(config_from_dict(tiny_raw(run_dir, *overrides, method=method))).fit()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,9 @@ from siamssl.methods import Batch, SimSiam
 from siamssl.methods.base import SSLMethod
 from siamssl.train.checkpoint import load_checkpoint
 from siamssl.train.monitors import DiagnosticsMonitor, DiagnosticsOptions, MonitorContext, OnlineProbeMonitor, OnlineProbeOptions
+from siamssl.eval.knn import KNNEvalOptions, evaluate_knn
+from siamssl.eval.runs import load_run
+from tests.conftest import tiny_method_names
 from tests.eval.conftest import ALL_MONITORS, train_tiny
 
 
@@ -129,3 +132,27 @@ def test_diagnostics_monitor_sees_collapse():
     spread = monitor.evaluate(_Constant(noise=True))
     assert spread["feat_std_x_sqrt_d"] > 0.8 and spread["feat_rankme"] > 10 and spread["feat_uniformity"] < -2
     assert set(monitor.on_train_start(_Constant(noise=False))) == {f"{k}_random_init" for k in collapsed}
+
+
+@pytest.mark.parametrize("method", tiny_method_names())
+def test_every_method_runs_the_probe_and_diagnostics_and_reloads_for_evaluation(tmp_path, method):
+    """Two steps of every registered method with the new monitors, then the checkpoint rebuilt for
+    evaluation reproduces the monitor's kNN accuracy (memory banks and all)."""
+    summary = train_tiny(
+        tmp_path / "run", "trainer.max_steps=2", "eval.monitors=[knn, online_probe, diagnostics]",
+        "eval.diagnostics.max_samples=16", "eval.diagnostics.alignment=false", method=method,
+    )
+    assert {"online_probe_train_top1", "feat_rankme", "feat_std"} <= set(summary)
+    result = evaluate_knn(tmp_path / "run", KNNEvalOptions(ks=[10], device="cpu", cache=False), quiet=True)
+    assert result["top1"]["10"] == summary["knn_top1"]
+
+
+def test_a_memory_bank_run_can_be_evaluated_on_another_training_set(tmp_path):
+    train_tiny(tmp_path / "run", "trainer.max_steps=1", "eval.monitors=[]", method="instdisc")
+    run = load_run(tmp_path / "run", ["data.train_subset=40"], device="cpu")
+    assert len(run.labeled_data().train) == 40
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    tensors = {k: v for k, v in run.method.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert any(v.shape[0] == 64 for k, v in tensors.items() if "bank" in k)  # the 64 rows it was trained with
+    for key, value in tensors.items():
+        assert torch.equal(value, saved[key]), key
