@@ -223,8 +223,7 @@ def _summary_from_checkpoint(run_dir: Path) -> dict[str, Any]:
     return {
         "epochs": state["epoch"], "steps": state["global_step"] if state["global_step"] >= state["total_steps"]
         else f"{state['global_step']} of {state['total_steps']} (unfinished)",
-        "global_batch_size": config["data"]["batch_size"], "world_size": "?", "device": config["trainer"]["device"],
-        "train_seconds": round(float(state["train_seconds"]), 1), "images_per_s": "?",
+        "global_batch_size": config["data"]["batch_size"], "train_seconds": round(float(state["train_seconds"]), 1),
         **state["initial_metrics"], **state["last_metrics"],
     }
 
@@ -264,11 +263,13 @@ def write_markdown(run_dir: Path, summary: dict[str, Any], config: Optional[dict
             + (f" (`{data.get('root')}`)" if data.get("root") else ""),
         ]
     if summary:
-        lines.append(
-            f"- {summary.get('epochs')} epochs, {summary.get('steps')} steps, global batch {summary.get('global_batch_size')} "
-            f"on {summary.get('world_size')} process(es), {summary.get('device')}; {summary.get('train_seconds')} s of training, "
-            f"{summary.get('images_per_s')} images/s"
-        )
+        parts = [f"{summary.get('epochs')} epochs, {summary.get('steps')} steps, global batch {summary.get('global_batch_size')}"]
+        if "world_size" in summary:
+            parts.append(f" on {summary['world_size']} process(es), {summary.get('device')}")
+        parts.append(f"; {summary.get('train_seconds')} s of training")
+        if summary.get("images_per_s") is not None:
+            parts.append(f", {summary['images_per_s']} images/s")
+        lines.append("- " + "".join(parts))
     lines += ["", "## Results", ""] + _results_lines(run_dir, summary)
     if scalars is not None and dims is not None:
         lines += ["", "## Representation of the final model (test set)", ""] + interpret(scalars, dims)
