@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import torch
 from torch import Tensor
 
 from siamssl.errors import SiamSSLError

@@ -26,7 +26,6 @@ from siamssl.backbones import build_backbone
 from siamssl.data.datasets import ImageSplit, LabeledImages, build_dataset
 from siamssl.data.loader import eval_batches
 from siamssl.errors import ConfigError, DataError, SiamSSLError
-from siamssl.eval.features import has_projector  # noqa: F401  (re-exported for the tools)
 from siamssl.eval.knn import extract_features
 from siamssl.methods import MethodContext, SSLMethod, build_method
 from siamssl.registry import unknown_name_message

@@ -3,7 +3,6 @@
 import math
 import sys
 
-import pytest
 import torch
 
 from siamssl.eval.embedding2d import conditional_affinities, pca_2d, tsne
