@@ -174,9 +174,10 @@ class OnlineProbeMonitor(Monitor):
 
     It only sees detached tensors after the optimizer step and draws no global random numbers, so
     the SSL gradients and the run's random stream are the same with or without it. Under torchrun its
-    gradients are averaged over processes, so every process holds the same probe, trained on the
-    global batch; the training accuracy is the main process's. Its weights and optimizer state are
-    in the checkpoint, so a resumed run continues it exactly."""
+    gradients are averaged over processes, so its weights stay the same on every process (its
+    BatchNorm statistics and training accuracy are each process's own; the main process's probe is
+    evaluated and checkpointed). Its weights, statistics and optimizer state are in the checkpoint,
+    so a resumed one-process run continues it exactly."""
 
     options: OnlineProbeOptions
 
