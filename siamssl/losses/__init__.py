@@ -8,21 +8,28 @@ torch.distributed is initialized (see :mod:`siamssl.distributed`).
 
 from siamssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from siamssl.losses.cosine import NegativeCosineLoss, NormalizedMSELoss, negative_cosine_similarity, normalized_mse
+from siamssl.losses.dino import DINOLoss, dino_loss
 from siamssl.losses.infonce import InfoNCELoss, info_nce
 from siamssl.losses.ntxent import NTXentLoss, nt_xent
+from siamssl.losses.swav import SwAVLoss, sinkhorn_knopp, swav_loss
 from siamssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
     "BarlowTwinsLoss",
+    "DINOLoss",
     "InfoNCELoss",
     "NTXentLoss",
     "NegativeCosineLoss",
     "NormalizedMSELoss",
+    "SwAVLoss",
     "VICRegLoss",
     "barlow_twins_loss",
+    "dino_loss",
     "info_nce",
     "negative_cosine_similarity",
     "normalized_mse",
     "nt_xent",
+    "sinkhorn_knopp",
+    "swav_loss",
     "vicreg_loss",
 ]
