@@ -23,7 +23,7 @@ from siamssl.methods.multicrop import forward_by_resolution
 from siamssl.train.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
-from tests.methods.training_helpers import shipped_config_raw, tiny_backbone, train, view_pool
+from tests.methods.training_helpers import assert_resume_is_exact, shipped_config_raw, tiny_backbone, train, view_pool
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CONTEXT = MethodContext(num_samples=64, global_batch_size=8, steps_per_epoch=2, total_steps=20, image_size=16)
@@ -208,3 +208,7 @@ def test_vit_recipe_validates_with_the_vit_backbone_and_trains_on_a_resnet(tmp_p
     assert cfg.optim.weight_decay_end == 0.4 and cfg.optim.name == "adamw"
     trainer = Trainer(cfg)
     assert trainer.fit()["steps"] == 2 and math.isfinite(_last_loss(tmp_path / "run"))
+
+
+def test_resume_restores_teacher_and_centre_exactly(tmp_path: Path) -> None:
+    assert_resume_is_exact(tmp_path, "dino")

@@ -20,7 +20,7 @@ from siamssl.methods.multicrop import forward_by_resolution
 from siamssl.train.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
-from tests.methods.training_helpers import shipped_config_raw, tiny_backbone, train, view_pool
+from tests.methods.training_helpers import assert_resume_is_exact, shipped_config_raw, tiny_backbone, train, view_pool
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -161,3 +161,8 @@ def test_shipped_config_trains_two_steps(tmp_path: Path, name: str) -> None:
     cfg = config_from_dict(shipped_config_raw(str(CONFIGS / name), str(tmp_path / "run")))
     assert Trainer(cfg).fit()["steps"] == 2
     assert math.isfinite(_last_loss(tmp_path / "run"))
+
+
+def test_resume_restores_the_queue_exactly(tmp_path: Path) -> None:
+    """The tiny config's queue is used from step 2 on: resuming at step 2 must restore its rows."""
+    assert_resume_is_exact(tmp_path, "swav")

@@ -74,3 +74,37 @@ def shipped_config_raw(path: str, output_dir: str, *extra: str) -> dict[str, Any
     for override in overrides:
         apply_override(raw, override)
     return raw
+
+
+def assert_resume_is_exact(tmp_path: Any, method: str, steps: int = 4, stop_after: int = 2) -> None:
+    """A run stopped after ``stop_after`` steps and resumed ends with exactly the state (parameters
+    and buffers: queues, centres, teachers) of an uninterrupted run."""
+    from siamssl.train.checkpoint import load_checkpoint
+    from siamssl.train.config import config_from_dict
+    from siamssl.train.trainer import Interrupted, Trainer
+    from tests.conftest import tiny_raw
+
+    def raw(name: str, *extra: str) -> dict[str, Any]:
+        return tiny_raw(tmp_path / name, f"trainer.max_steps={steps}", "eval.monitors=[]", *extra, method=method)
+
+    Trainer(config_from_dict(raw("reference"))).fit()
+    interrupted = Trainer(config_from_dict(raw("resumed")))
+    original_step = interrupted._train_step
+
+    def step_then_stop(batch: Any, epoch: int) -> None:
+        original_step(batch, epoch)
+        if interrupted.global_step == stop_after:
+            interrupted.request_stop()
+
+    interrupted._train_step = step_then_stop  # type: ignore[method-assign]
+    try:
+        interrupted.fit()
+        raise AssertionError("the run was not interrupted")
+    except Interrupted:
+        pass
+    Trainer(config_from_dict(raw("resumed", "trainer.resume=true"))).fit()
+    expected = load_checkpoint(tmp_path / "reference" / "checkpoints" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
