@@ -82,6 +82,10 @@ class MethodContext:
     total_steps: int
     image_size: int
     make_backbone: Optional[Callable[..., "tuple[nn.Module, int]"]] = field(default=None, repr=False)
+    # Per-channel mean/std the training views were normalized with (what ``(x - mean) / std`` used),
+    # for methods that must undo the normalization, e.g. CMC converting RGB views to Lab.
+    image_mean: Optional[tuple[float, ...]] = None
+    image_std: Optional[tuple[float, ...]] = None
 
 
 class SSLMethod(nn.Module):

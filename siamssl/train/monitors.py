@@ -24,9 +24,12 @@ from siamssl.registry import Registry
 
 @dataclass(frozen=True)
 class MonitorContext:
-    """What monitors may use: the labeled data, the device and evaluation batch settings."""
+    """What monitors may use: the labeled data, the normalization the model was trained with, the
+    device and evaluation batch settings."""
 
     data: LabeledImages
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     device: torch.device
     batch_size: int
     crop_size: int
@@ -67,7 +70,7 @@ def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext
     method.eval()
     try:
         batches = eval_batches(
-            split.subset(limit), context.batch_size, context.data.mean, context.data.std,
+            split.subset(limit), context.batch_size, context.mean, context.std,
             context.device, context.crop_size, context.num_workers,
         )
         return extract_features(method.embed, batches)
