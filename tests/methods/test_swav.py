@@ -134,12 +134,13 @@ def test_queue_length_must_hold_a_global_batch() -> None:
 
 
 def test_short_multicrop_run_does_not_collapse() -> None:
-    """Collapse shows as the loss stuck at ln K with one prototype for everything; 60 steps with 2+2
-    crops bring the loss well below ln K and spread the samples over many prototypes."""
+    """Collapse shows as the loss stuck at ln K with one prototype for everything; 100 steps with 2+2
+    crops bring the loss well below ln K (≈ 2.8 against 3.4) and spread the samples over many
+    prototypes (≈ 20 of 30)."""
     pool = view_pool(4, 16, small_crops=2)
     backbone, dim = tiny_backbone()
     method = SwAV(backbone, dim, SwAV.Config(hidden_dim=64, proj_dim=32, num_prototypes=30, freeze_prototypes_steps=8))
-    losses = train(method, pool, 60, dict(name="sgd", base_lr=0.05, weight_decay=5e-4))
+    losses = train(method, pool, 100, dict(name="sgd", base_lr=0.05, weight_decay=5e-4))
     assert all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < math.log(30) - 0.4
     clusters = torch.cat([_scores(method, crops)[0].argmax(dim=1) for crops in pool]).unique().numel()
