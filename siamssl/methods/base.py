@@ -118,8 +118,11 @@ class SSLMethod(nn.Module):
     @torch.no_grad()
     def project(self, images: Tensor) -> Tensor:
         """The projector's output (the space the loss sees), for projector-feature evaluations.
-        Methods with a projector override this; the default says there is none."""
-        raise ConfigError(f"method {type(self).__name__} has no projector output (project() is not defined); evaluate backbone features")
+        By default ``self.projector(self.backbone(images))`` for methods with a ``projector``."""
+        projector = getattr(self, "projector", None)
+        if not isinstance(projector, nn.Module):
+            raise ConfigError(f"method {type(self).__name__} has no projector; evaluate backbone features")
+        return projector(self.backbone(images))
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:

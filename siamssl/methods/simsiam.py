@@ -70,9 +70,6 @@ class SimSiam(SSLMethod):
         return {"loss": loss, "features": f1.detach(), "embedding": z1.detach()}
 
     @torch.no_grad()
-    def project(self, images: Tensor) -> Tensor:
-        return self.projector(self.backbone(images))
-
     def parameter_groups(self) -> list[ParamGroup]:
         groups = [ParamGroup("encoder", trainable(self.backbone) + trainable(self.projector))]
         if self.cfg.predictor == "learned":
