@@ -37,7 +37,7 @@ def main() -> None:
         print(f"loss {case:35s} value     {loss:11.2e}\n{'':5s}{'':35s} ∂/∂inputs {grads:11.2e}\n{'':5s}{'':35s} DDP grads {net:11.2e}")
     for group in ("local_only_losses", "broken_gathers"):
         for case, got in ranks[0][group].items():
-            ref = job["single"]["losses"][case.split("/")[0]]
+            ref = job["single"]["losses"][case if case in job["single"]["losses"] else case.split("/")[0]]
             net = max(max_diff(got["net_grads"][k], g) for k, g in ref["net_grads"].items())
             print(f"negative control {group}:{case:30s} {net:11.2e}")
     for case, ref in job["single"]["batchnorms"].items():

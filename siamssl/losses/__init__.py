@@ -8,6 +8,7 @@ torch.distributed is initialized (see :mod:`siamssl.distributed`).
 
 from siamssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from siamssl.losses.cosine import NegativeCosineLoss, NormalizedMSELoss, negative_cosine_similarity, normalized_mse
+from siamssl.losses.dino import DINOLoss, dino_loss
 from siamssl.losses.infonce import InfoNCELoss, info_nce
 from siamssl.losses.nce import (
     NCELoss,
@@ -19,18 +20,22 @@ from siamssl.losses.nce import (
     sampled_softmax_loss,
 )
 from siamssl.losses.ntxent import NTXentLoss, nt_xent
+from siamssl.losses.swav import SwAVLoss, sinkhorn_knopp, swav_loss
 from siamssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
     "BarlowTwinsLoss",
+    "DINOLoss",
     "InfoNCELoss",
     "NCELoss",
     "NTXentLoss",
     "NonParametricSoftmaxLoss",
     "NegativeCosineLoss",
     "NormalizedMSELoss",
+    "SwAVLoss",
     "VICRegLoss",
     "barlow_twins_loss",
+    "dino_loss",
     "full_softmax_loss",
     "info_nce",
     "nce_loss",
@@ -40,5 +45,7 @@ __all__ = [
     "nt_xent",
     "proximal_penalty",
     "sampled_softmax_loss",
+    "sinkhorn_knopp",
+    "swav_loss",
     "vicreg_loss",
 ]

@@ -36,7 +36,14 @@ from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
 from siamssl.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from siamssl.train.config import Config
 from siamssl.train.monitors import MONITORS, Monitor, MonitorContext
-from siamssl.train.optim import build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
+from siamssl.train.optim import (
+    build_optimizer,
+    peak_learning_rate,
+    schedule_factor,
+    set_learning_rates,
+    set_weight_decays,
+    weight_decay_at,
+)
 from siamssl.train.runtime import init_distributed, local_main_first, message, resolve_device, seed_everything
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -307,6 +314,8 @@ class Trainer:
         started = time.perf_counter()
         progress = TrainingProgress(self.global_step, self.total_steps, epoch, self.steps_per_epoch)
         set_learning_rates(self.optimizer, schedule_factor(self.global_step, self.total_steps, self.steps_per_epoch, cfg.optim))
+        if cfg.optim.weight_decay_end is not None:
+            set_weight_decays(self.optimizer, weight_decay_at(self.global_step, self.total_steps, cfg.optim))
         if cfg.trainer.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(cfg.trainer.precision), enabled=cfg.trainer.precision != "fp32"):

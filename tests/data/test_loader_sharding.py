@@ -14,14 +14,6 @@ from siamssl.train.optim import peak_learning_rate
 GLOBAL_BATCH = 8
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: a second intra-op thread only adds hand-off cost on shared CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _split() -> ImageSplit:
     g = torch.Generator().manual_seed(0)

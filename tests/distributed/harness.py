@@ -39,14 +39,17 @@ from siamssl.methods import METHODS
 from tests.conftest import tiny_raw
 from siamssl.losses import (
     BarlowTwinsLoss,
+    DINOLoss,
     InfoNCELoss,
     NCELoss,
     NegativeCosineLoss,
     NonParametricSoftmaxLoss,
     NormalizedMSELoss,
     NTXentLoss,
+    SwAVLoss,
     VICRegLoss,
     barlow_twins_loss,
+    dino_loss,
     full_softmax_loss,
     info_nce,
     nce_loss,
@@ -56,6 +59,8 @@ from siamssl.losses import (
     nt_xent,
     proximal_penalty,
     sampled_softmax_loss,
+    sinkhorn_knopp,
+    swav_loss,
     vicreg_loss,
 )
 
@@ -72,6 +77,40 @@ _MEMORY = F.normalize(_BANK, dim=1)
 _INDEX = torch.randperm(20, generator=torch.Generator().manual_seed(12))[:GLOBAL_BATCH]
 _CANDIDATES = torch.cat([_INDEX.view(-1, 1), torch.randint(20, (GLOBAL_BATCH, 5), generator=torch.Generator().manual_seed(13))], 1)
 _Z = 30.0
+
+
+# SwAV: prototype scores of two crops (cosines), codes from Sinkhorn-Knopp over the global batch.
+_PROTOTYPES = F.normalize(torch.randn(DIM, 10, generator=torch.Generator().manual_seed(14)), dim=0)
+
+
+def _swav_scores(a: Tensor, b: Tensor) -> Tensor:
+    return torch.stack([F.normalize(a, dim=1) @ _PROTOTYPES, F.normalize(b, dim=1) @ _PROTOTYPES])
+
+
+def _swav_case(gather: bool, module: bool = False) -> LossCase:
+    def case(a: Tensor, b: Tensor) -> Tensor:
+        scores = _swav_scores(a, b)
+        codes = torch.stack([sinkhorn_knopp(scores[v].detach(), gather_distributed=gather) for v in range(2)])
+        return SwAVLoss(0.1)(scores, codes, (0, 1)) if module else swav_loss(scores, codes, (0, 1), 0.1)
+
+    return case
+
+
+# DINO: the teacher is the other view (no gradient), centred by a constant or by the batch mean of the
+# teacher logits over all ranks (the method's centre update: all_reduce_sum / global count).
+_CENTER = 0.3 * torch.randn(DIM, generator=torch.Generator().manual_seed(15))
+
+
+def _dino_batch_center(gather: bool) -> LossCase:
+    def case(a: Tensor, b: Tensor) -> Tensor:
+        teacher = torch.stack([b, a]).detach()
+        total = teacher.sum(dim=(0, 1))
+        count = teacher.shape[0] * teacher.shape[1]
+        if gather:
+            total, count = sd.all_reduce_sum(total.clone()), count * sd.world_size()
+        return dino_loss(torch.stack([a, b]), teacher, total / count, 0.1, 0.04)
+
+    return case
 
 
 def _nce_with_estimated_normalizer(a: Tensor, b: Tensor) -> Tensor:
@@ -103,6 +142,12 @@ LOSS_CASES: dict[str, LossCase] = {
     "proximal_penalty": lambda a, b: proximal_penalty(F.normalize(a, dim=1), F.normalize(b, dim=1)),
     "NCELoss": lambda a, b: NCELoss(0.2)(a, _MEMORY, local_rows(_CANDIDATES), _Z),
     "NonParametricSoftmaxLoss": lambda a, b: NonParametricSoftmaxLoss(0.2)(a, _MEMORY, local_rows(_INDEX)),
+    "sinkhorn_knopp": _swav_case(gather=True),
+    "swav_loss": _swav_case(gather=True),
+    "SwAVLoss": _swav_case(gather=True, module=True),
+    "dino_loss": lambda a, b: dino_loss(torch.stack([a, b]), torch.stack([b, a]).detach(), _CENTER, 0.1, 0.04),
+    "dino_loss/batch_center": _dino_batch_center(gather=True),
+    "DINOLoss": lambda a, b: DINOLoss(0.1)(torch.stack([a, b]), torch.stack([b, a]).detach(), _CENTER, 0.04),
 }
 
 # The same losses computed on the local batch only (for nce_normalizer: Z estimated on the local batch,\n# not averaged over ranks): on 2 ranks they must NOT match one process.
@@ -115,6 +160,8 @@ GATHERING_LOSSES: dict[str, LossCase] = {
     "NTXentLoss": lambda a, b: NTXentLoss(temperature=0.5, gather_distributed=False)(a, b),
     "BarlowTwinsLoss": lambda a, b: BarlowTwinsLoss(lambd=0.05, gather_distributed=False)(a, b),
     "VICRegLoss": lambda a, b: VICRegLoss(gather_distributed=False)(a, b),
+    "sinkhorn_knopp": _swav_case(gather=False),
+    "dino_loss/batch_center": _dino_batch_center(gather=False),
     "nce_normalizer": lambda a, b: nce_loss(
         a, _MEMORY, local_rows(_CANDIDATES), nce_normalizer(a, _MEMORY, local_rows(_CANDIDATES), 0.2), 0.2
     ),
@@ -329,7 +376,12 @@ BASE_OVERRIDES = ("trainer.max_steps=2", "trainer.sync_bn=true", "eval.monitors=
 # ``bn_splits``: MethodEquivalence(single_overrides=("method.bn_splits=2",),
 # multi_overrides=("trainer.sync_bn=false",), why="per-GPU BN is MoCo's design"). With SyncBN forced
 # (the default here) a correct shuffle/unshuffle needs no hook: BN statistics are permutation-invariant.
-SPECIAL: dict[str, MethodEquivalence] = {}
+SPECIAL: dict[str, MethodEquivalence] = {
+    "swav": MethodEquivalence(
+        overrides=("trainer.max_steps=3",),
+        why="the tiny queue (32 rows, global batch 16) is full and used from the 3rd step only",
+    ),
+}
 
 
 def product_methods() -> list[str]:

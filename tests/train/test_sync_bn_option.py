@@ -6,21 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 from siamssl.methods import SimSiam, register_method
 from siamssl.train.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: a second intra-op thread only adds hand-off cost on shared CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @register_method("per_process_bn_simsiam")
