@@ -51,9 +51,13 @@ def main() -> None:
     print(f"{'Shuffle-BN 2 ranks vs SplitBatchNorm(2) on 1 process':58s} {max_diff(keys, job['single']['shuffle_bn']['keys']):11.2e}")
     for run, result in job["methods"].items():
         single, rank0 = result["single"], result["multi"][0]
-        grads = max(max_diff(m[k], g) for s_, m in zip(single["grads"], rank0["grads"]) for k, g in s_.items())
+        grads = max(
+            max_diff(m[k], g) / max(1.0, g.abs().max().item()) for s_, m in zip(single["grads"], rank0["grads"]) for k, g in s_.items()
+        )
         exp, act = result["checkpoints"]["single"], result["checkpoints"]["multi"]
-        params = max(max_diff(act[k].float(), v.float()) for k, v in exp.items() if isinstance(v, torch.Tensor))
+        params = max(  # as asserted: relative to max(1, max|x|) of each tensor
+            max_diff(act[k].float(), v.float()) / max(1.0, v.float().abs().max().item()) for k, v in exp.items() if isinstance(v, torch.Tensor)
+        )
         losses = max(abs(a - b) for a, b in zip(result["metrics"]["single"], result["metrics"]["multi"]))
         replicas = max(
             max_diff(result["multi"][1]["state"][k].float(), v.float()) for k, v in rank0["state"].items() if isinstance(v, torch.Tensor)
