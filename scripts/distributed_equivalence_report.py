@@ -29,6 +29,7 @@ def main() -> None:
     world = harness.WORLD
     ranks = job["multi"]
     print(f"{'equivalence':58s} {'max |diff|':>11s}")
+    print("(method rows: per-tensor max-abs difference / max(1, max|x|), as the tests assert)")
     for case, ref in job["single"]["losses"].items():
         per = [r["losses"][case] for r in ranks]
         loss = abs(torch.stack([p["loss"] for p in per]).mean().item() - ref["loss"].item())
