@@ -1,9 +1,11 @@
-"""Projector and predictor heads: :func:`build_mlp`, named presets with the papers' values, and DirectPred's
-linear predictor set from the correlation of its inputs (:class:`DirectPredictor`)."""
+"""Projector and predictor heads: :func:`build_mlp` and named presets with the papers' values, DINO's
+head, and DirectPred's linear predictor set from the correlation of its inputs (:class:`DirectPredictor`)."""
 
+from siamssl.heads.dino import DINOHead, WeightNormLinear
 from siamssl.heads.directpred import DirectPredictor, DirectPredOptions, directpred_weight, input_correlation
 from siamssl.heads.mlp import (
     HEAD_PRESETS,
+    barlow_twins_projector,
     build_mlp,
     byol_mlp,
     moco_v2_head,
@@ -12,12 +14,17 @@ from siamssl.heads.mlp import (
     simsiam_cifar_projector,
     simsiam_predictor,
     simsiam_projector,
+    swav_projector,
+    vicreg_expander,
 )
 
 __all__ = [
+    "DINOHead",
     "DirectPredOptions",
     "DirectPredictor",
     "HEAD_PRESETS",
+    "WeightNormLinear",
+    "barlow_twins_projector",
     "build_mlp",
     "byol_mlp",
     "directpred_weight",
@@ -28,4 +35,6 @@ __all__ = [
     "simsiam_cifar_projector",
     "simsiam_predictor",
     "simsiam_projector",
+    "swav_projector",
+    "vicreg_expander",
 ]

@@ -11,6 +11,7 @@ them, a momentum target, a queue or prototypes). The trainer knows only this int
 * ``on_before_optimizer_step(progress)``: gradient surgery (frozen prototypes, per-parameter clipping).
 * ``on_after_optimizer_step(progress)``: EMA targets, queues, predictor re-estimation.
 * ``embed(images)``: the representation evaluated by kNN and linear probes (backbone features).
+* ``project(images)`` (optional): the projector's output, for evaluations of the embedding space.
 
 Everything a method keeps between steps (queues, centres, moving averages) must be a parameter or a
 registered buffer, so that checkpoints capture it and resume is exact.
@@ -19,10 +20,12 @@ registered buffer, so that checkpoints capture it and resume is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
+
+from siamssl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class MethodContext:
     total_steps: int
     image_size: int
     make_backbone: Optional[Callable[..., "tuple[nn.Module, int]"]] = field(default=None, repr=False)
+    # Per-channel mean/std the training views were normalized with (what ``(x - mean) / std`` used),
+    # for methods that must undo the normalization, e.g. CMC converting RGB views to Lab.
+    image_mean: Optional[tuple[float, ...]] = None
+    image_std: Optional[tuple[float, ...]] = None
 
 
 class SSLMethod(nn.Module):
@@ -89,6 +96,11 @@ class SSLMethod(nn.Module):
 
     backbone: nn.Module
     feature_dim: int
+    #: Whether the paper's multi-GPU recipe computes BatchNorm statistics over the global batch
+    #: (SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV, DINO do; MoCo v1/v2 use per-GPU BN
+    #: with Shuffle-BN instead; InstDisc and CMC per-GPU BN). The trainer converts to SyncBatchNorm
+    #: under torchrun when this is True, unless ``trainer.sync_bn`` says otherwise.
+    default_sync_bn: ClassVar[bool] = True
 
     def forward(self, batch: Batch, progress: TrainingProgress) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -107,6 +119,15 @@ class SSLMethod(nn.Module):
     def embed(self, images: Tensor) -> Tensor:
         """Representation used for evaluation: the backbone's features."""
         return self.backbone(images)
+
+    @torch.no_grad()
+    def project(self, images: Tensor) -> Tensor:
+        """The projector's output (the space the loss sees), for projector-feature evaluations.
+        By default ``self.projector(self.backbone(images))`` for methods with a ``projector``."""
+        projector = getattr(self, "projector", None)
+        if not isinstance(projector, nn.Module):
+            raise ConfigError(f"method {type(self).__name__} has no projector; evaluate backbone features")
+        return projector(self.backbone(images))
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from siamssl.heads import DirectPredictor, DirectPredOptions, simsiam_predictor, simsiam_projector
@@ -77,6 +78,7 @@ class SimSiam(SSLMethod):
         if isinstance(self.predictor, DirectPredictor):
             self.predictor.update()
 
+    @torch.no_grad()
     def parameter_groups(self) -> list[ParamGroup]:
         groups = [ParamGroup("encoder", trainable(self.backbone) + trainable(self.projector))]
         if self.cfg.predictor == "learned":

@@ -31,6 +31,11 @@ class OptimConfig:
     ``schedule_unit: epoch`` changes the rate once per epoch (SimSiam/MoCo v2 code), ``step`` every
     step. ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation) for 1-D parameters;
     default True for LARS and False for SGD/AdamW.
+    ``weight_decay_end``: when set, the weight decay of the decayed groups follows a per-step cosine
+    from ``weight_decay`` to this value (DINO: 0.04 → 0.4); groups excluded from decay or with their
+    own ``weight_decay`` keep theirs.
+    ``lars_clip``: LARC's clipping (apex ``LARC(clip=True)``, solo-learn ``clip_lr``): a LARS-adapted
+    rate never exceeds the scheduled rate, i.e. the update uses ``min(trust / lr, 1)``.
     """
 
     name: Literal["sgd", "lars", "adamw"] = "sgd"
@@ -39,8 +44,10 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    weight_decay_end: Optional[float] = None
     betas: tuple[float, float] = (0.9, 0.999)
     lars_eta: float = 0.001
+    lars_clip: bool = False
     exclude_bias_and_norm: Optional[bool] = None
     schedule: Literal["cosine", "constant"] = "cosine"
     schedule_unit: Literal["step", "epoch"] = "step"
@@ -56,8 +63,18 @@ class TrainerConfig:
 
     ``max_steps`` stops after that many optimizer steps and sets the schedule's length (overrides
     ``epochs``). ``precision``: fp32, bf16 autocast (CPU and GPU) or fp16 autocast with gradient
-    scaling (GPU). ``resume``: true continues ``output_dir``'s last checkpoint, a path continues that
-    checkpoint. ``overwrite``: replace an existing ``output_dir``.
+    scaling (GPU); losses, normalizations and softmaxes stay in float32. ``resume``: true continues
+    ``output_dir``'s last checkpoint, a path continues that checkpoint (saved under any number of
+    processes: the global batch, not the world size, defines a step). ``overwrite``: replace an
+    existing ``output_dir``.
+
+    ``sync_bn``: under ``torchrun`` with more than one process, compute BatchNorm statistics over the
+    global batch (SyncBatchNorm); null (default) follows the method's paper (``default_sync_bn``: on
+    for SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV; off for Shuffle-BN MoCo,
+    InstDisc, CMC).
+    ``compile``: ``torch.compile`` the backbone with ``compile_backend`` (``inductor``; ``aot_eager``
+    checks tracing without code generation). ``channels_last``: NHWC memory format for model and
+    images (faster convolutions with AMP on recent GPUs).
     """
 
     epochs: int = 100
@@ -65,8 +82,9 @@ class TrainerConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     compile: bool = False
+    compile_backend: str = "inductor"
     channels_last: bool = False
-    sync_bn: bool = True
+    sync_bn: Optional[bool] = None
     log_every_steps: int = 20
     checkpoint_every_epochs: int = 1
     checkpoint_every_steps: Optional[int] = None

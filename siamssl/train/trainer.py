@@ -3,6 +3,7 @@ monitors only through :class:`siamssl.train.monitors.Monitor`; both are found by
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -21,16 +22,40 @@ from tqdm import tqdm
 
 from siamssl.backbones import build_backbone
 from siamssl.data import TrainLoader, build_dataset, view_transforms
-from siamssl.distributed import all_reduce_sum, is_distributed, is_main_process, rank, world_size
+from siamssl.distributed import (
+    all_reduce_mean,
+    all_reduce_sum,
+    convert_sync_batchnorm,
+    is_distributed,
+    is_main_process,
+    rank,
+    world_size,
+)
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
 from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
 from siamssl.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from siamssl.train.config import Config
 from siamssl.train.monitors import MONITORS, Monitor, MonitorContext
-from siamssl.train.optim import build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
-from siamssl.train.runtime import init_distributed, message, resolve_device, seed_everything
+from siamssl.train.optim import (
+    build_optimizer,
+    peak_learning_rate,
+    schedule_factor,
+    set_learning_rates,
+    set_weight_decays,
+    weight_decay_at,
+)
+from siamssl.train.runtime import init_distributed, local_main_first, message, resolve_device, seed_everything
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Buffers are not overwritten with rank 0's at every forward: with SyncBatchNorm the running
+# statistics are already equal on every rank, and queues/centres are updated from gathered tensors.
+# (Newer torch spells the option forward_sync_buffers; both still sync once at construction.)
+_NO_BUFFER_BROADCAST = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class Interrupted(SiamSSLError):
@@ -68,11 +93,14 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         resume_from = self._resume_path()
+        if is_distributed():  # every rank decides on the run directory before rank 0 writes to it
+            dist.barrier()
         seed_everything(cfg.seed)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        self.data = build_dataset(cfg.data)
+        with local_main_first():  # one download / decoding per machine; the other ranks read its cache
+            self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
         self.loader = TrainLoader(
             self.data.train,
@@ -99,24 +127,30 @@ class Trainer:
             total_steps=self.total_steps,
             image_size=augment.crop_size,
             make_backbone=make_backbone,
+            image_mean=tuple(augment.mean or self.data.mean),
+            image_std=tuple(augment.std or self.data.std),
         )
         self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
         if cfg.trainer.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
-        if is_distributed() and cfg.trainer.sync_bn:
-            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.sync_bn = cfg.trainer.sync_bn if cfg.trainer.sync_bn is not None else type(self.method).default_sync_bn
+        if is_distributed() and self.sync_bn:
+            self.method = convert_sync_batchnorm(self.method, self.device)
         if cfg.trainer.compile:
-            self.method.backbone.compile()
+            self.method.backbone.compile(backend=cfg.trainer.compile_backend)
         self.model: nn.Module = self.method
         if is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None, **_NO_BUFFER_BROADCAST
             )
 
         peak_lr = peak_learning_rate(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr_scaling)
         self.optimizer = build_optimizer(self.method.parameter_groups(), cfg.optim, peak_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.trainer.precision == "fp16")
-        monitor_context = MonitorContext(self.data, self.device, cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers)
+        monitor_context = MonitorContext(
+            self.data, augment.mean or self.data.mean, augment.std or self.data.std, self.device,
+            cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers,
+        )
         self.monitors: dict[str, Monitor] = {
             name: MONITORS.get(name)(cfg.monitor_options.get(name), monitor_context) for name in cfg.eval.monitors
         }
@@ -236,14 +270,15 @@ class Trainer:
         cfg = self.cfg
         message(
             f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.train)} images, {self.steps_per_epoch} steps/epoch, "
-            f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es), "
+            f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es)"
+            f"{' with SyncBatchNorm' if is_distributed() and self.sync_bn else ''}, "
             f"device {self.device}, {cfg.trainer.precision}; run dir {self.run_dir}"
         )
         if self.global_step == 0 and not self.initial_metrics:
             self.initial_metrics = self._on_train_start()
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, disable=not (is_main_process() and cfg.trainer.progress_bar),
-            dynamic_ncols=True, unit="step",
+            dynamic_ncols=True, unit="step", mininterval=1.0,
         )
         with bar, self._signals_handled():
             while self.global_step < self.total_steps:
@@ -279,6 +314,8 @@ class Trainer:
         started = time.perf_counter()
         progress = TrainingProgress(self.global_step, self.total_steps, epoch, self.steps_per_epoch)
         set_learning_rates(self.optimizer, schedule_factor(self.global_step, self.total_steps, self.steps_per_epoch, cfg.optim))
+        if cfg.optim.weight_decay_end is not None:
+            set_weight_decays(self.optimizer, weight_decay_at(self.global_step, self.total_steps, cfg.optim))
         if cfg.trainer.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(cfg.trainer.precision), enabled=cfg.trainer.precision != "fp32"):
@@ -324,7 +361,10 @@ class Trainer:
         self._check_finite()
         elapsed = time.perf_counter() - self._window_start
         keys = sorted(self._window)
-        values = torch.stack([self._window[k] for k in keys]).cpu() / max(1, self._window_steps) if keys else torch.zeros(0)
+        values = torch.stack([self._window[k] for k in keys]) / max(1, self._window_steps) if keys else torch.zeros(0)
+        if keys and is_distributed():  # the mean of the ranks' losses is the global-batch loss
+            values = all_reduce_mean(values)
+        values = values.cpu()
         record: dict[str, Any] = {"step": self.global_step, "epoch": self.epoch}
         record.update({k: float(v) for k, v in zip(keys, values)})
         scheduled = [g["lr"] for g in self.optimizer.param_groups if not g["fixed_lr"]] or [g["lr"] for g in self.optimizer.param_groups]
@@ -333,7 +373,9 @@ class Trainer:
         record["images_per_s"] = images_per_s
         self._throughput.append(images_per_s)
         self.metrics.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}", img_s=f"{images_per_s:.0f}", refresh=False)
+        postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}", "img/s": f"{images_per_s:.0f}"}
+        postfix.update({k: f"{v:.4g}" for k, v in self.last_metrics.items()})
+        bar.set_postfix(postfix, refresh=False)
         self._window, self._window_steps, self._window_start = {}, 0, time.perf_counter()
         if is_distributed():  # all ranks agree on stopping at the same step
             flag = torch.tensor([int(self._stop_requested)], device=self.device)
