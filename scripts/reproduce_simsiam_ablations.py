@@ -11,7 +11,7 @@ three-panel figure (training loss, per-channel std of the l2-normalized output, 
   asymmetric              D(p1, z2) only                               paper: works (Table 5, 64.8 vs 68.1)
   directpred              DirectPred's linear predictor set from F     Tian et al. 2021: works (not in SimSiam)
 
-Default: the built-in shapes dataset and a small ResNet on the CPU (about 7 minutes for all
+Default: the built-in shapes dataset and a small ResNet on the CPU (about 5-7 minutes for all
 variants on 2 free cores). ``--root PATH`` switches to CIFAR-10 as an ImageFolder tree
 (``PATH/train/<class>``, ``PATH/test/<class>``) with the paper's CIFAR recipe (ResNet-18, 2048-d
 heads); pass ``--epochs`` to choose its length. Any config key can be overridden with

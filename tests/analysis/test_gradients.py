@@ -22,14 +22,6 @@ from siamssl.heads import DirectPredictor, DirectPredOptions
 from siamssl.losses import unigrad_correlation
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _pair(n: int, d: int, seed: int, noise: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     z1 = torch.randn(n, d, generator=g, dtype=torch.float64) * 1.7 + 0.2
