@@ -30,7 +30,8 @@ class UniGrad(SSLMethod):
 
         proj_hidden_dim, proj_dim, proj_layers: the projector, [Linear(no bias) + BN + ReLU] ×
             (layers − 1) then Linear with bias, no output BN (2048, 2048, 3).
-        lambd: λ, weight of the negative term λ F u (100).
+        lambd: λ, weight of the negative term λ F u (100, for d = 2048; F's eigenvalues scale as 1/d,
+            so smaller projectors need a proportionally smaller λ, e.g. about 3 for d = 64).
         rho: ρ of F ← ρF + (1 − ρ)F_batch (0.99); F starts at the first batch's value.
         base_momentum: EMA momentum of the momentum encoder at step 0, rising to 1 on a cosine (0.996).
         """
