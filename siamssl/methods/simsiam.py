@@ -30,7 +30,7 @@ class SimSiam(SSLMethod):
 
         proj_dim: width of every projector layer (2048). proj_layers: 3 for ImageNet, 2 for CIFAR.
         pred_hidden_dim: the predictor bottleneck (512).
-        predictor: "learned", "none" (p = z; collapses), "fixed_random" (frozen at init; collapses) or
+        predictor: "learned", "none" (p = z; collapses), "fixed_random" (frozen at init; does not converge) or
             "directpred" (linear, W set from the input correlation; options under ``directpred``).
         predictor_lr: "fixed" keeps the predictor at the initial learning rate; "scheduled" decays it.
         stop_gradient: stop the gradient through the target branch (False collapses).
