@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from siamssl.backbones import build_backbone
-from siamssl.data import TrainLoader, build_dataset, view_transforms
+from siamssl.data import build_dataset, build_train_loader
 from siamssl.distributed import all_reduce_sum, is_distributed, is_main_process, rank, world_size
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
 from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
@@ -74,15 +74,8 @@ class Trainer:
 
         self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
-        self.loader = TrainLoader(
-            self.data.train,
-            view_transforms(augment, self.data.mean, self.data.std),
-            cfg.data.batch_size,
-            cfg.seed,
-            cfg.data.num_workers,
-            rank(),
-            world_size(),
-            self.device,
+        self.loader = build_train_loader(
+            self.data.train, cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
