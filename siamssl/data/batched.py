@@ -25,7 +25,7 @@ formulas, but computed for every sample at once:
   mean of the grayscale image, saturation blend with the grayscale image, hue rotation in HSV;
   each followed by a clamp to [0, 1]. Every sample has its own random order of the four operations:
   the four "slots" are processed in turn, each slot blending every sample with its own factor and
-  target (``lerp(target, x, f)``: brightness targets 0, contrast the grayscale mean, saturation the
+  target (``f·x + (1 − f)·target``: brightness targets 0, contrast the grayscale mean, saturation the
   grayscale image; samples whose slot holds hue, or that skip jitter, get f = 1, an exact no-op),
   and the hue rotation runs on the subset whose slot holds hue.
 * **Grayscale** (ITU-R 601-2 luma, as torchvision), **Gaussian blur** (separable, reflect padding,
@@ -227,12 +227,14 @@ class BatchedAugment:
         count) with torch's intra-op parallelism at 1 meanwhile: chunks need no synchronization,
         whereas splitting every small operation over OpenMP threads costs a fork/join per operation
         and collapses when the cores are shared with other processes. Every operation is per
-        sample, so the chunking changes no value."""
+        sample and single-threaded, so a sample's views are bitwise the same whatever the batch,
+        the chunking or the number of threads (on a GPU: up to float rounding, as library kernels
+        may pick different algorithms for different batch sizes)."""
         count = params.num_samples
         device = images.device if isinstance(images, Tensor) else images[0].device
-        chunk = count if device.type != "cpu" else max(1, self.cpu_chunk_bytes // (group.views * 3 * group.size**2 * 4))
-        if chunk >= count:
+        if device.type != "cpu":
             return self._apply_chunk(images, group, params)
+        chunk = max(1, self.cpu_chunk_bytes // (group.views * 3 * group.size**2 * 4))
         out = torch.empty(group.views, count, 3, group.size, group.size, device=device)
 
         def run(start: int) -> None:
@@ -242,15 +244,15 @@ class BatchedAugment:
 
         starts = range(0, count, chunk)
         threads = min(len(starts), self.cpu_threads or torch.get_num_threads())
-        if threads <= 1:
-            for start in starts:
-                run(start)
-            return out
         intra_op = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # also for one chunk: a sample's values never depend on thread counts
         try:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                list(pool.map(run, starts))
+            if threads <= 1:
+                for start in starts:
+                    run(start)
+            else:
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    list(pool.map(run, starts))
         finally:
             torch.set_num_threads(intra_op)
         return out
@@ -393,15 +395,16 @@ def resized_crops(images: ImageBatch, boxes: Tensor, flip: Tensor, size: int, in
                 crops.append(F.interpolate(crop, size=(size, size), mode=mode, align_corners=False, antialias=True))
         x = torch.cat(crops).view(views, count, 3, size, size).mul_(1.0 / 255.0)
         x = torch.where(to_device(flip.view(views, count, 1, 1, 1), device), x.flip(-1), x)
-    if interpolation == "bicubic":
-        x = x.clamp_(0.0, 1.0)  # cubic filters overshoot; torchvision clamps when rounding to uint8
-    return x
+    # Cubic filters overshoot and normalized weights can sum to 1 + ε; torchvision's uint8 output
+    # is in range too. Clamping here also keeps every later operation's input in [0, 1].
+    return x.clamp_(0.0, 1.0)
 
 
 def luma(x: Tensor) -> Tensor:
     """ITU-R 601-2 luma of RGB images (M, 3, H, W) -> (M, 1, H, W), torchvision's grayscale."""
     r, g, b = x.unbind(dim=1)
-    return r.mul(_LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).unsqueeze(1)
+    # separate multiplies and adds (no fused multiply-add): bitwise the same for any batch shape
+    return (r * _LUMA[0]).add_(g * _LUMA[1]).add_(b * _LUMA[2]).unsqueeze(1)
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -441,7 +444,9 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
             gray = luma(x)
             # target: 0 (brightness), the grayscale mean (contrast) or the grayscale image (saturation)
             target = gray * weights[:, 1] + gray.mean(dim=(-2, -1), keepdim=True) * weights[:, 2]
-            x = torch.lerp(target, x, weights[:, 0]).clamp_(0.0, 1.0)
+            # x·f + target·(1 − f) as torchvision's _blend, in separate IEEE operations: exactly x
+            # where f = 1, and bitwise independent of how many samples share the call
+            x = (x * weights[:, 0]).add_(target * (1.0 - weights[:, 0])).clamp_(0.0, 1.0)
         hue_here = (op == HUE) & (factors[:, HUE] != 0.0)
         if bool(hue_here.any()):
             index = hue_here.nonzero().squeeze(1)
