@@ -55,9 +55,14 @@ class TrainerConfig:
     """Training loop options.
 
     ``max_steps`` stops after that many optimizer steps and sets the schedule's length (overrides
-    ``epochs``). ``precision``: fp32, bf16 autocast (CPU and GPU) or fp16 autocast with gradient
-    scaling (GPU). ``resume``: true continues ``output_dir``'s last checkpoint, a path continues that
-    checkpoint. ``overwrite``: replace an existing ``output_dir``.
+    ``epochs``). ``precision``: fp32, bf16 autocast (CPU and GPU; the fast choice on recent GPUs) or
+    fp16 autocast with gradient scaling (GPU; its scaler reads an overflow flag back every step).
+    ``compile``: ``torch.compile`` the backbone, with ``compile_mode`` ``default``,
+    ``reduce-overhead`` (CUDA graphs: removes per-kernel launch cost, worth it for small models and
+    images) or ``max-autotune``. ``channels_last``: NHWC tensors, faster convolutions on GPUs with
+    bf16/fp16. ``resume``: true continues ``output_dir``'s last checkpoint, a path continues that
+    checkpoint. ``overwrite``: replace an existing ``output_dir``. ``deterministic``: deterministic
+    algorithms only (also turns off cuDNN autotuning, which is on otherwise).
     """
 
     epochs: int = 100
@@ -65,6 +70,7 @@ class TrainerConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     channels_last: bool = False
     sync_bn: bool = True
     log_every_steps: int = 20

@@ -71,6 +71,8 @@ class Trainer:
         seed_everything(cfg.seed)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
 
         self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
@@ -99,7 +101,7 @@ class Trainer:
         if is_distributed() and cfg.trainer.sync_bn:
             self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
         if cfg.trainer.compile:
-            self.method.backbone.compile()
+            self.method.backbone.compile(mode=None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode)
         self.model: nn.Module = self.method
         if is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
