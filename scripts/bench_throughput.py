@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
     parser.add_argument("--method", default="simsiam", help="a registered method (simsiam, byol, ...)")
     parser.add_argument("--backbone", default=None, help="default: resnet18 on a GPU, resnet_narrow on the CPU (both with the CIFAR stem)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 512 on a GPU, 256 on the CPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 512 on a GPU, 128 on the CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps per pipeline and repeat (default 30 GPU, 3 CPU)")
     parser.add_argument("--aug-batches", type=int, default=None, help="timed augmentation batches per pipeline and repeat (default 30 GPU, 8 CPU)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each measurement")
@@ -105,7 +105,7 @@ def build_config(args: argparse.Namespace, device: torch.device, run_dir: str) -
     gpu = device.type == "cuda"
     augment = section_to_dict(PRESETS[args.augment]())
     augment["crop_size"] = args.image_size
-    batch_size = args.batch_size or (512 if gpu else 256)
+    batch_size = args.batch_size or (512 if gpu else 128)
     workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1) if gpu else 2)
     per_repeat = max(args.steps or (30 if gpu else 3), (args.aug_batches or (30 if gpu else 8)) + 2 * workers + 1) + 1
     raw: dict[str, Any] = {

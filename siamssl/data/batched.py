@@ -151,6 +151,7 @@ class BatchedAugment:
         self.mean = tuple(float(m) for m in (cfg.mean or mean))
         self.std = tuple(float(s) for s in (cfg.std or std))
         self.interpolation = cfg.interpolation
+        self._constants: dict[torch.device, tuple[Tensor, Tensor]] = {}
         brightness, contrast, saturation, hue = (float(v) for v in cfg.jitter)
         # torchvision ColorJitter ranges: [max(0, 1 − v), 1 + v] for the factors, [−h, h] for hue.
         self.factor_ranges = [(max(0.0, 1.0 - v), 1.0 + v) for v in (brightness, contrast, saturation)] + [(-hue, hue)]
@@ -203,6 +204,15 @@ class BatchedAugment:
         )
 
     # ---------------------------------------------------------------------------------- apply
+
+    def _normalization(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Mean and 1/std as (1, 3, 1, 1) tensors on ``device``, made once per device (creating a
+        CUDA tensor from Python numbers is a blocking copy)."""
+        if device not in self._constants:
+            mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+            inv_std = torch.tensor([1.0 / s for s in self.std]).view(1, 3, 1, 1)
+            self._constants[device] = (mean.to(device), inv_std.to(device))
+        return self._constants[device]
 
     def __call__(
         self, images: ImageBatch, draws: Optional[AugmentDraws] = None, generator: Optional[torch.Generator] = None
@@ -273,8 +283,7 @@ class BatchedAugment:
             index = to_device(index, device)
             x.index_copy_(0, index, gaussian_blur(x.index_select(0, index), sigma, blur_kernel_size(group.size)))
         x = solarize_subset(x, flat(params.solarize))
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        inv_std = torch.tensor([1.0 / s for s in self.std], device=device).view(1, 3, 1, 1)
+        mean, inv_std = self._normalization(device)
         x = x.sub_(mean).mul_(inv_std)
         return x.view(views, count, 3, group.size, group.size)
 
@@ -422,7 +431,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     numerator = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
     sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0))
     hue6 = numerator.div_(torch.where(chroma > 0, chroma, 1.0)).add_(sector).add_(6.0 * shift.view(-1, 1, 1).to(x.dtype))
-    offsets = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    offsets = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # 5, 3, 1 (a kernel, no copy)
     k = torch.remainder(hue6.unsqueeze(1) + offsets, 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return ramp.mul_(-chroma.unsqueeze(1)).add_(value.unsqueeze(1))
