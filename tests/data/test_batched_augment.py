@@ -358,14 +358,15 @@ def test_views_depend_only_on_draws_not_on_chunking(images):
     aug = BatchedAugment(cfg, (0.5,) * 3, (0.25,) * 3)
     draws = aug.draw(96, torch.Generator().manual_seed(0))
     whole = aug(images[:96], draws)
+    threads = torch.get_num_threads()
     aug.cpu_chunk_bytes, aug.cpu_threads = 1, 2  # one sample per chunk, two threads
     chunked = aug(images[:96], draws)
+    assert torch.get_num_threads() == threads  # torch's thread count is restored after the chunks
     halves = [aug(images[:48], draws.slice(0, 48)), aug(images[48:96], draws.slice(48, 96))]
     assert len(whole) == 4 and [v.shape[-1] for v in whole] == [32, 32, 16, 16]
     for v in range(4):
         assert torch.equal(whole[v], chunked[v])
         assert torch.equal(whole[v], torch.cat([halves[0][v], halves[1][v]]))
-    assert torch.get_num_threads() == 2  # restored after the threaded chunks (tests run with 2)
 
 
 def test_draws_must_match_the_batch():
