@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from siamssl.backbones import build_backbone
-from siamssl.data import TrainLoader, build_dataset, view_transforms
+from siamssl.data import build_dataset, build_train_loader
 from siamssl.distributed import (
     all_reduce_mean,
     all_reduce_sum,
@@ -98,19 +98,14 @@ class Trainer:
         seed_everything(cfg.seed)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
 
         with local_main_first():  # one download / decoding per machine; the other ranks read its cache
             self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
-        self.loader = TrainLoader(
-            self.data.train,
-            view_transforms(augment, self.data.mean, self.data.std),
-            cfg.data.batch_size,
-            cfg.seed,
-            cfg.data.num_workers,
-            rank(),
-            world_size(),
-            self.device,
+        self.loader = build_train_loader(
+            self.data.train, cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
@@ -137,7 +132,8 @@ class Trainer:
         if is_distributed() and self.sync_bn:
             self.method = convert_sync_batchnorm(self.method, self.device)
         if cfg.trainer.compile:
-            self.method.backbone.compile(backend=cfg.trainer.compile_backend)
+            mode = None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode
+            self.method.backbone.compile(backend=cfg.trainer.compile_backend, mode=mode)
         self.model: nn.Module = self.method
         if is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
