@@ -18,11 +18,14 @@ class LARS(Optimizer):
         g ← g + wd·w;   g ← g · η‖w‖/‖g‖ (1 when either norm is 0);   μ ← m·μ + g;   w ← w − lr·μ
 
     Groups with ``lars_adapt=False`` skip the trust ratio (and get ``weight_decay=0`` from the
-    builder when biases and norm parameters are excluded).
+    builder when biases and norm parameters are excluded). ``clip_lr`` caps the trust ratio at 1/lr,
+    so no layer steps faster than plain SGD at lr (solo-learn's LARS ``clip_lr``).
     """
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adapt=True))
+    def __init__(
+        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001, clip_lr: bool = False
+    ) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adapt=True, clip_lr=clip_lr))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -39,6 +42,8 @@ class LARS(Optimizer):
                     trust = torch.where(
                         (param_norm > 0) & (grad_norm > 0), group["eta"] * param_norm / grad_norm, torch.ones_like(param_norm)
                     )
+                    if group["clip_lr"] and group["lr"] > 0:
+                        trust = torch.clamp(trust / group["lr"], max=1.0)
                     grad = grad.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -82,13 +87,16 @@ def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(torch_groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     if cfg.name == "lars":
-        return LARS(torch_groups, lr=peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
+        return LARS(
+            torch_groups, lr=peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta, clip_lr=cfg.lars_clip_lr
+        )
     return torch.optim.AdamW(torch_groups, lr=peak_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
 def schedule_factor(step: int, total_steps: int, steps_per_epoch: int, cfg) -> float:
     """Multiplier of the peak rate at ``step``: linear warmup from ``warmup_start_ratio`` over
-    ``warmup_epochs``, then cosine (or constant) down to ``min_lr_ratio``."""
+    ``warmup_epochs``, then cosine down to ``min_lr_ratio``, constant, or ``step_gamma`` per passed
+    epoch milestone."""
     if cfg.schedule_unit == "epoch":
         step = (step // steps_per_epoch) * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -96,6 +104,9 @@ def schedule_factor(step: int, total_steps: int, steps_per_epoch: int, cfg) -> f
         return cfg.warmup_start_ratio + (1.0 - cfg.warmup_start_ratio) * step / warmup
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "step":
+        epoch = step / steps_per_epoch
+        return cfg.step_gamma ** sum(epoch >= milestone for milestone in cfg.step_milestones)
     progress = (step - warmup) / max(1, total_steps - warmup)
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
