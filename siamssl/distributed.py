@@ -116,6 +116,14 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return x
 
 
+@torch.no_grad()
+def all_reduce_max(x: Tensor) -> Tensor:
+    """In-place maximum over ranks of a tensor that needs no gradient; returns ``x``."""
+    if is_distributed():
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 def local_row_offset(local_rows: int) -> int:
     """Index of this rank's first row in a gathered tensor (for in-batch contrastive labels)."""
     return rank() * local_rows

@@ -30,6 +30,7 @@ balanced (counts differ by at most one). Train and test splits use different see
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -49,8 +50,6 @@ SHAPE_CLASSES: tuple[str, ...] = (
 
 _SUPERSAMPLE = 2
 _CHUNK = 2048
-_MAX_INSTANCES = 4
-_MIN_INSTANCES = 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,36 +143,53 @@ def _random_colours(shape: tuple[int, ...], dark: Tensor, g: torch.Generator) ->
 # Rendering
 
 
-def _render_chunk(labels: Tensor, image_size: int, g: torch.Generator) -> Tensor:
+@dataclass(frozen=True)
+class _Layout:
+    """How images are composed (exploration knobs; :func:`generate_shapes` uses the default)."""
+
+    instances: tuple[int, int] = (1, 1)  # min, max copies of the class shape per image
+    radius: tuple[float, float] = (0.45, 0.75)  # in units of half the image width
+    jitter: float = 0.3  # max centre offset (single instance) in units of half the image width
+    rotation: float = 20.0  # max rotation in degrees either way (180: any orientation)
+    dark_shapes_p: float = 0.5  # probability of dark shapes on a light background (else the reverse)
+    gradient_fill: bool = True  # shapes filled with a two-colour gradient instead of a flat colour
+
+
+def _render_chunk(labels: Tensor, image_size: int, g: torch.Generator, layout: _Layout) -> Tensor:
     n = labels.shape[0]
     size = image_size * _SUPERSAMPLE
     axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
     yy, xx = torch.meshgrid(axis, axis, indexing="ij")
 
     # Polarity: dark shapes on a light background, or light shapes on a dark one.
-    dark_shapes = torch.rand(n, generator=g) < 0.5
+    dark_shapes = torch.rand(n, generator=g) < layout.dark_shapes_p
 
     # Background: four random corner colours blended bilinearly.
     corners = _random_colours((n, 4), ~dark_shapes[:, None], g)  # (n, 4, 3)
-    wx = ((xx + 1) / 2)[None, :, :, None]
-    wy = ((yy + 1) / 2)[None, :, :, None]
-    c = corners[:, :, None, None, :]
-    canvas = (1 - wy) * ((1 - wx) * c[:, 0] + wx * c[:, 1]) + wy * ((1 - wx) * c[:, 2] + wx * c[:, 3])
-    canvas = canvas.permute(0, 3, 1, 2).contiguous()  # (n, 3, size, size)
+    wx = ((xx + 1) / 2)[None, None]
+    wy = ((yy + 1) / 2)[None, None]
+    c = corners.permute(0, 2, 1)[:, :, :, None, None]  # (n, 3, 4, 1, 1)
+    canvas = (1 - wy) * ((1 - wx) * c[:, :, 0] + wx * c[:, :, 1]) + wy * ((1 - wx) * c[:, :, 2] + wx * c[:, :, 3])
 
-    # Instances: 2-4 per image, each in a distinct cell of a 2x2 grid (little overlap, spread out).
-    count = torch.randint(_MIN_INSTANCES, _MAX_INSTANCES + 1, (n,), generator=g)
-    cells = torch.argsort(torch.rand(n, 4, generator=g), dim=1)
-    cell_x = (cells % 2).float() - 0.5  # cell centres at +-0.5
-    cell_y = (cells // 2).float() - 0.5
-    radius = 0.24 + 0.2 * torch.rand(n, _MAX_INSTANCES, generator=g)
-    slack = (0.5 - 0.5 * radius).clamp(min=0.0)
-    cx = cell_x + (2 * torch.rand(n, _MAX_INSTANCES, generator=g) - 1) * slack
-    cy = cell_y + (2 * torch.rand(n, _MAX_INSTANCES, generator=g) - 1) * slack
-    angle = 2 * math.pi * torch.rand(n, _MAX_INSTANCES, generator=g)
-    colours = _random_colours((n, _MAX_INSTANCES), dark_shapes[:, None], g)  # (n, K, 3)
+    k_max = layout.instances[1]
+    count = torch.randint(layout.instances[0], k_max + 1, (n,), generator=g)
+    lo, hi = layout.radius
+    radius = lo + (hi - lo) * torch.rand(n, k_max, generator=g)
+    if k_max == 1:
+        cx = (2 * torch.rand(n, 1, generator=g) - 1) * layout.jitter
+        cy = (2 * torch.rand(n, 1, generator=g) - 1) * layout.jitter
+    else:
+        # Each copy in a distinct cell of a 2x2 grid (spread out, little overlap).
+        cells = torch.argsort(torch.rand(n, 4, generator=g), dim=1)[:, :k_max]
+        slack = (0.5 - 0.5 * radius).clamp(min=0.0)
+        cx = (cells % 2).float() - 0.5 + (2 * torch.rand(n, k_max, generator=g) - 1) * slack
+        cy = (cells // 2).float() - 0.5 + (2 * torch.rand(n, k_max, generator=g) - 1) * slack
+    angle = math.radians(layout.rotation) * (2 * torch.rand(n, k_max, generator=g) - 1)
+    colour_a = _random_colours((n, k_max), dark_shapes[:, None], g)  # (n, K, 3)
+    colour_b = _random_colours((n, k_max), dark_shapes[:, None], g) if layout.gradient_fill else colour_a
+    fill_angle = 2 * math.pi * torch.rand(n, k_max, generator=g)
 
-    for k in range(_MAX_INSTANCES):
+    for k in range(k_max):
         present = count > k
         cos, sin = torch.cos(angle[:, k]), torch.sin(angle[:, k])
         for cls, shape_fn in enumerate(_SHAPES):
@@ -186,12 +202,32 @@ def _render_chunk(labels: Tensor, image_size: int, g: torch.Generator) -> Tensor
             u = (cos[idx, None, None] * dx + sin[idx, None, None] * dy) / r
             v = (-sin[idx, None, None] * dx + cos[idx, None, None] * dy) / r
             mask = shape_fn(u, v).unsqueeze(1)  # (m, 1, size, size)
-            colour = colours[idx, k, :, None, None]  # (m, 3, 1, 1)
-            canvas[idx] = torch.where(mask, colour, canvas[idx])
+            # Fill: gradient from colour a to colour b across the shape, in a random direction.
+            fa = fill_angle[idx, k, None, None]
+            t = ((u * torch.cos(fa) + v * torch.sin(fa)) * 0.5 + 0.5).clamp_(0, 1).unsqueeze(1)
+            a = colour_a[idx, k, :, None, None]
+            b = colour_b[idx, k, :, None, None]
+            canvas[idx] = torch.where(mask, a + (b - a) * t, canvas[idx])
 
     if _SUPERSAMPLE > 1:
         canvas = torch.nn.functional.avg_pool2d(canvas, _SUPERSAMPLE)
     return (canvas * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _generate(num_images: int, image_size: int, seed: int, layout: _Layout) -> tuple[Tensor, Tensor]:
+    if num_images < 0:
+        raise ValueError(f"num_images must be >= 0, got {num_images}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    g = torch.Generator().manual_seed(int(seed))
+    num_classes = len(SHAPE_CLASSES)
+    labels = torch.arange(num_images, dtype=torch.int64) % num_classes
+    labels = labels[torch.randperm(num_images, generator=g)]
+    images = torch.empty((num_images, 3, image_size, image_size), dtype=torch.uint8)
+    for start in range(0, num_images, _CHUNK):
+        stop = min(num_images, start + _CHUNK)
+        images[start:stop] = _render_chunk(labels[start:stop], image_size, g, layout)
+    return images, labels
 
 
 def generate_shapes(num_images: int, image_size: int = 32, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -207,16 +243,4 @@ def generate_shapes(num_images: int, image_size: int = 32, seed: int = 0) -> tup
         ``(num_images,)`` with values in ``range(len(SHAPE_CLASSES))``. Deterministic in
         ``(num_images, image_size, seed)``.
     """
-    if num_images < 0:
-        raise ValueError(f"num_images must be >= 0, got {num_images}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
-    g = torch.Generator().manual_seed(int(seed))
-    num_classes = len(SHAPE_CLASSES)
-    labels = torch.arange(num_images, dtype=torch.int64) % num_classes
-    labels = labels[torch.randperm(num_images, generator=g)]
-    images = torch.empty((num_images, 3, image_size, image_size), dtype=torch.uint8)
-    for start in range(0, num_images, _CHUNK):
-        stop = min(num_images, start + _CHUNK)
-        images[start:stop] = _render_chunk(labels[start:stop], image_size, g)
-    return images, labels
+    return _generate(num_images, image_size, seed, _Layout())

@@ -1,11 +1,17 @@
 """Weighted k-nearest-neighbour classification on l2-normalized features (Wu et al., "Unsupervised
 Feature Learning via Non-Parametric Instance Discrimination", CVPR 2018; the MoCo CIFAR demo's
 ``knn_predict``): each of the k most cosine-similar memory samples votes for its label with weight
-exp(sim/T)."""
+exp(sim/T).
+
+``python -m siamssl.eval.knn --checkpoint RUN/ [key=value ...]`` evaluates a trained run (see
+:class:`KNNEvalOptions`) and writes ``RUN/knn.json``."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +27,8 @@ def knn_scores(
     temperature: float = 0.1,
     chunk_size: int = 1024,
 ) -> dict[int, Tensor]:
-    """Class scores (Q, num_classes) of each query for every k in ``ks``, from one similarity pass.
+    """Class scores (Q, num_classes) of each query for every k in ``ks``, from one similarity pass:
+    Σ over the k nearest neighbours of class c of exp(sim/T), scaled per query by exp(−max sim/T).
 
     Args:
         query: (Q, D) features; bank: (M, D) features of the labeled memory set; both are
@@ -34,7 +41,8 @@ def knn_scores(
     scores: dict[int, list[Tensor]] = {k: [] for k in ks}
     for start in range(0, query.shape[0], chunk_size):
         top_sim, top_idx = (query[start : start + chunk_size] @ bank.t()).topk(max_k, dim=1)
-        weights = (top_sim / temperature).exp()
+        # exp((sim - max sim)/T): the same votes up to a per-query factor, without overflow at small T
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         neighbour_labels = bank_labels[top_idx]
         for k in ks:
             kk = min(k, max_k)
@@ -66,3 +74,98 @@ def extract_features(embed: Callable[[Tensor], Tensor], batches: Iterable[tuple[
         features.append(embed(images).float())
         labels.append(batch_labels)
     return torch.cat(features), torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------- command line
+
+
+@dataclass
+class KNNEvalOptions:
+    """Options of ``python -m siamssl.eval.knn`` (``key=value``).
+
+    ks: numbers of neighbours, all from one similarity pass. temperature: T of the exp(sim/T) vote
+    (0.1: InstDisc / MoCo demo; DINO uses 0.07). features: ``backbone`` or ``projector``.
+    max_train_samples / max_test_samples: fixed random subsets of the memory bank / queries.
+    batch_size: batch of the frozen forward passes. cache: keep the features in RUN/eval_cache.
+    random_init: evaluate the untrained encoder (the run's seed). output: results file (default
+    RUN/knn[_projector][_random_init].json).
+    """
+
+    ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    temperature: float = 0.1
+    features: Literal["backbone", "projector"] = "backbone"
+    max_train_samples: Optional[int] = None
+    max_test_samples: Optional[int] = None
+    batch_size: int = 256
+    cache: bool = True
+    random_init: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    output: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("ks must be a non-empty list of positive integers")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+
+def evaluate_knn(checkpoint: str | Path, options: KNNEvalOptions, data_overrides: Sequence[str] = (), quiet: bool = False) -> dict[str, Any]:
+    """Weighted kNN of a checkpoint's frozen features (train split as memory bank, test split as
+    queries) for every k in ``options.ks``; writes and returns the JSON results."""
+    from siamssl.eval.runs import default_output, frozen_features, load_run, write_json
+
+    run = load_run(checkpoint, data_overrides, options.device, options.random_init)
+    extract = dict(kind=options.features, batch_size=options.batch_size, cache=options.cache, num_workers=options.num_workers)
+    bank, bank_labels = frozen_features(run, "train", limit=options.max_train_samples, **extract)  # type: ignore[arg-type]
+    query, query_labels = frozen_features(run, "test", limit=options.max_test_samples, **extract)  # type: ignore[arg-type]
+    num_classes = len(run.labeled_data().classes)
+    scores = knn_scores(query, bank, bank_labels, num_classes, options.ks, options.temperature)
+    top1, top5 = {}, {}
+    for k, s in scores.items():
+        top = s.topk(min(5, num_classes), dim=1).indices
+        hits = top == query_labels.view(-1, 1)
+        top1[str(k)] = float(hits[:, 0].float().mean())
+        top5[str(k)] = float(hits.any(dim=1).float().mean())
+    payload = {
+        "checkpoint": str(run.checkpoint),
+        "random_init": run.random_init,
+        "features": options.features,
+        "temperature": options.temperature,
+        "num_train": int(bank.shape[0]),
+        "num_test": int(query.shape[0]),
+        "feature_dim": int(bank.shape[1]),
+        "top1": top1,
+        "top5": top5,
+        "options": asdict(options),
+    }
+    output = Path(options.output) if options.output else default_output(run, "knn", options.features)
+    write_json(output, payload)
+    if not quiet:
+        line = ", ".join(f"k={k}: {100 * v:.2f}%" for k, v in top1.items())
+        print(f"siamssl: kNN top-1 ({options.features} features{', random init' if run.random_init else ''}, T={options.temperature}): {line}; wrote {output}", file=sys.stderr)
+    return payload
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from siamssl.eval.runs import eval_parser, parse_overrides, run_cli
+
+    parser = eval_parser(
+        "python -m siamssl.eval.knn",
+        "Weighted kNN (cosine similarity, exp(sim/T) votes) of a frozen encoder, several k in one pass.",
+        KNNEvalOptions,
+        epilog="example: python -m siamssl.eval.knn --checkpoint runs/simsiam ks=[20,200] temperature=0.07",
+    )
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        options, data_overrides = parse_overrides(args.overrides, KNNEvalOptions)
+        evaluate_knn(args.checkpoint, options, data_overrides)
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    from siamssl.eval.knn import main as _main
+
+    sys.exit(_main())

@@ -1,7 +1,10 @@
-"""Projector and predictor heads: :func:`build_mlp` and named presets with the papers' values."""
+"""Projector and predictor heads: :func:`build_mlp` and named presets with the papers' values, and
+DINO's head."""
 
+from siamssl.heads.dino import DINOHead, WeightNormLinear
 from siamssl.heads.mlp import (
     HEAD_PRESETS,
+    barlow_twins_projector,
     build_mlp,
     byol_mlp,
     moco_v2_head,
@@ -11,10 +14,15 @@ from siamssl.heads.mlp import (
     simsiam_cifar_projector,
     simsiam_predictor,
     simsiam_projector,
+    swav_projector,
+    vicreg_expander,
 )
 
 __all__ = [
+    "DINOHead",
     "HEAD_PRESETS",
+    "WeightNormLinear",
+    "barlow_twins_projector",
     "build_mlp",
     "byol_mlp",
     "moco_v2_head",
@@ -24,4 +32,6 @@ __all__ = [
     "simsiam_cifar_projector",
     "simsiam_predictor",
     "simsiam_projector",
+    "swav_projector",
+    "vicreg_expander",
 ]

@@ -107,6 +107,25 @@ def simclr_projector(in_dim: int, hidden_dim: int | None = None, out_dim: int = 
     return build_mlp(in_dim, hidden_dim or in_dim, out_dim, num_layers=num_layers, output_norm="bn_no_beta")
 
 
+def barlow_twins_projector(in_dim: int, dim: int = 8192, num_layers: int = 3) -> nn.Sequential:
+    """Barlow Twins projector (facebookresearch/barlowtwins ``main.py``, ``--projector 8192-8192-8192``):
+    [Linear(no bias) + BN + ReLU] × (num_layers − 1) → Linear(no bias). The affine-free BN that the
+    official code applies next is the standardization inside :func:`siamssl.losses.barlow_twins_loss`."""
+    return build_mlp(in_dim, dim, dim, num_layers=num_layers, output_bias=False)
+
+
+def vicreg_expander(in_dim: int, dim: int = 8192, num_layers: int = 3) -> nn.Sequential:
+    """VICReg expander (facebookresearch/vicreg ``main_vicreg.py`` ``Projector``, ``--mlp 8192-8192-8192``):
+    [Linear(with bias) + BN + ReLU] × (num_layers − 1) → Linear(no bias), no output BN."""
+    return build_mlp(in_dim, dim, dim, num_layers=num_layers, hidden_bias=True, output_bias=False)
+
+
+def swav_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> nn.Sequential:
+    """SwAV projection head (facebookresearch/swav ``src/resnet50.py``): Linear + BN + ReLU → Linear,
+    both with biases, no output BN; the method l2-normalizes its output."""
+    return build_mlp(in_dim, hidden_dim, out_dim, num_layers=2, hidden_bias=True, output_bias=True)
+
+
 HEAD_PRESETS = {
     "simsiam_projector": simsiam_projector,
     "simsiam_cifar_projector": simsiam_cifar_projector,
@@ -115,5 +134,8 @@ HEAD_PRESETS = {
     "moco_v2_head": moco_v2_head,
     "moco_v3_projector": moco_v3_projector,
     "moco_v3_predictor": moco_v3_predictor,
+    "barlow_twins_projector": barlow_twins_projector,
+    "vicreg_expander": vicreg_expander,
+    "swav_projector": swav_projector,
     "simclr_projector": simclr_projector,
 }

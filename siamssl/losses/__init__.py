@@ -8,21 +8,44 @@ torch.distributed is initialized (see :mod:`siamssl.distributed`).
 
 from siamssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
 from siamssl.losses.cosine import NegativeCosineLoss, NormalizedMSELoss, negative_cosine_similarity, normalized_mse
+from siamssl.losses.dino import DINOLoss, dino_loss
 from siamssl.losses.infonce import InfoNCELoss, info_nce
+from siamssl.losses.nce import (
+    NCELoss,
+    NonParametricSoftmaxLoss,
+    full_softmax_loss,
+    nce_loss,
+    nce_normalizer,
+    proximal_penalty,
+    sampled_softmax_loss,
+)
 from siamssl.losses.ntxent import NTXentLoss, nt_xent
+from siamssl.losses.swav import SwAVLoss, sinkhorn_knopp, swav_loss
 from siamssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
     "BarlowTwinsLoss",
+    "DINOLoss",
     "InfoNCELoss",
+    "NCELoss",
     "NTXentLoss",
+    "NonParametricSoftmaxLoss",
     "NegativeCosineLoss",
     "NormalizedMSELoss",
+    "SwAVLoss",
     "VICRegLoss",
     "barlow_twins_loss",
+    "dino_loss",
+    "full_softmax_loss",
     "info_nce",
+    "nce_loss",
+    "nce_normalizer",
     "negative_cosine_similarity",
     "normalized_mse",
     "nt_xent",
+    "proximal_penalty",
+    "sampled_softmax_loss",
+    "sinkhorn_knopp",
+    "swav_loss",
     "vicreg_loss",
 ]

@@ -11,6 +11,7 @@ them, a momentum target, a queue or prototypes). The trainer knows only this int
 * ``on_before_optimizer_step(progress)``: gradient surgery (frozen prototypes, per-parameter clipping).
 * ``on_after_optimizer_step(progress)``: EMA targets, queues, predictor re-estimation.
 * ``embed(images)``: the representation evaluated by kNN and linear probes (backbone features).
+* ``project(images)`` (optional): the projector's output, for evaluations of the embedding space.
 
 Everything a method keeps between steps (queues, centres, moving averages) must be a parameter or a
 registered buffer, so that checkpoints capture it and resume is exact.
@@ -23,6 +24,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
+
+from siamssl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class MethodContext:
     total_steps: int
     image_size: int
     make_backbone: Optional[Callable[..., "tuple[nn.Module, int]"]] = field(default=None, repr=False)
+    # Per-channel mean/std the training views were normalized with (what ``(x - mean) / std`` used),
+    # for methods that must undo the normalization, e.g. CMC converting RGB views to Lab.
+    image_mean: Optional[tuple[float, ...]] = None
+    image_std: Optional[tuple[float, ...]] = None
 
 
 class SSLMethod(nn.Module):
@@ -107,6 +114,15 @@ class SSLMethod(nn.Module):
     def embed(self, images: Tensor) -> Tensor:
         """Representation used for evaluation: the backbone's features."""
         return self.backbone(images)
+
+    @torch.no_grad()
+    def project(self, images: Tensor) -> Tensor:
+        """The projector's output (the space the loss sees), for projector-feature evaluations.
+        By default ``self.projector(self.backbone(images))`` for methods with a ``projector``."""
+        projector = getattr(self, "projector", None)
+        if not isinstance(projector, nn.Module):
+            raise ConfigError(f"method {type(self).__name__} has no projector; evaluate backbone features")
+        return projector(self.backbone(images))
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:

@@ -99,11 +99,11 @@ class MoCo(SSLMethod):
         self.backbone = convert_split_batchnorm(backbone, cfg.bn_splits // num_processes)
         self.feature_dim = feature_dim
         if cfg.head == "linear":
-            self.head: nn.Module = nn.Linear(feature_dim, cfg.proj_dim)
+            self.projector: nn.Module = nn.Linear(feature_dim, cfg.proj_dim)
         else:
-            self.head = moco_v2_head(feature_dim, cfg.head_hidden_dim or feature_dim, cfg.proj_dim)
+            self.projector = moco_v2_head(feature_dim, cfg.head_hidden_dim or feature_dim, cfg.proj_dim)
         self.key_backbone = make_target(self.backbone)
-        self.key_head = make_target(self.head)
+        self.key_projector = make_target(self.projector)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._shuffle_seed: Optional[int] = None
@@ -117,7 +117,7 @@ class MoCo(SSLMethod):
     def query(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(backbone features, query embedding) of the query encoder."""
         features = self.backbone(images)
-        return features, self.head(features)
+        return features, self.projector(features)
 
     def shuffle_permutation(self, global_size: int, step: int, view: int, device: torch.device) -> Tensor:
         """The Shuffle-BN permutation of the global batch for ``view`` at ``step``: deterministic (exact
@@ -131,12 +131,12 @@ class MoCo(SSLMethod):
     def keys(self, images: Tensor, step: int, view: int) -> tuple[Tensor, Tensor]:
         """l2-normalized keys of this rank's ``images`` and of the whole global batch (rank order)."""
         if not self.cfg.shuffle_bn:
-            local = F.normalize(self.key_head(self.key_backbone(images)), dim=1)
+            local = F.normalize(self.key_projector(self.key_backbone(images)), dim=1)
             return local, gather_no_grad(local)
         n, offset = images.shape[0], local_row_offset(images.shape[0])
         everyone = gather_no_grad(images)
         permutation = self.shuffle_permutation(everyone.shape[0], step, view, images.device)
-        shuffled = self.key_head(self.key_backbone(everyone[permutation[offset : offset + n]]))
+        shuffled = self.key_projector(self.key_backbone(everyone[permutation[offset : offset + n]]))
         gathered = gather_no_grad(F.normalize(shuffled, dim=1))
         unshuffled = torch.empty_like(gathered)
         unshuffled[permutation] = gathered
@@ -172,7 +172,7 @@ class MoCo(SSLMethod):
     def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         m = self.momentum_at(progress.step, progress.total_steps)
         ema_update_(self.key_backbone, self.backbone, m)
-        ema_update_(self.key_head, self.head, m)
+        ema_update_(self.key_projector, self.projector, m)
         if self._pending_keys is not None:
             self.enqueue(self._pending_keys)
             self._pending_keys = None

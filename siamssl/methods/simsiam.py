@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from siamssl.heads import simsiam_predictor, simsiam_projector
@@ -68,6 +69,7 @@ class SimSiam(SSLMethod):
             loss = 0.5 * (loss + negative_cosine_similarity(p2, z1, self.cfg.stop_gradient))
         return {"loss": loss, "features": f1.detach(), "embedding": z1.detach()}
 
+    @torch.no_grad()
     def parameter_groups(self) -> list[ParamGroup]:
         groups = [ParamGroup("encoder", trainable(self.backbone) + trainable(self.projector))]
         if self.cfg.predictor == "learned":

@@ -31,9 +31,12 @@ class OptimConfig:
     ``schedule_unit: epoch`` changes the rate once per epoch (SimSiam/MoCo v2 code), ``step`` every
     step. ``schedule: step`` multiplies the rate by ``step_gamma`` at each epoch of ``step_milestones``
     (MoCo v1: ×0.1 at 120 and 160). ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation)
-    for 1-D parameters; default True for LARS and False for SGD/AdamW. ``lars_clip_lr``: cap LARS's
-    per-layer rate at the global one, i.e. trust ratio min(η‖w‖/‖g‖ / lr, 1) (solo-learn's
-    ``clip_lr``, used by its CIFAR recipes with η = 0.02).
+    for 1-D parameters; default True for LARS and False for SGD/AdamW.
+    ``weight_decay_end``: when set, the weight decay of the decayed groups follows a per-step cosine
+    from ``weight_decay`` to this value (DINO: 0.04 → 0.4); groups excluded from decay or with their
+    own ``weight_decay`` keep theirs.
+    ``lars_clip``: LARC's clipping (apex ``LARC(clip=True)``, solo-learn ``clip_lr``): a LARS-adapted
+    rate never exceeds the scheduled rate, i.e. the update uses ``min(trust / lr, 1)``.
     """
 
     name: Literal["sgd", "lars", "adamw"] = "sgd"
@@ -42,9 +45,10 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    weight_decay_end: Optional[float] = None
     betas: tuple[float, float] = (0.9, 0.999)
     lars_eta: float = 0.001
-    lars_clip_lr: bool = False
+    lars_clip: bool = False
     exclude_bias_and_norm: Optional[bool] = None
     schedule: Literal["cosine", "constant", "step"] = "cosine"
     schedule_unit: Literal["step", "epoch"] = "step"

@@ -17,16 +17,22 @@ from torch import Tensor
 
 from siamssl.data.datasets import ImageSplit, LabeledImages
 from siamssl.data.loader import eval_batches
+from siamssl.distributed import all_reduce_sum, is_distributed, world_size
+from siamssl.eval.features import measure_representation
 from siamssl.eval.knn import extract_features, knn_accuracy
+from siamssl.eval.linear import LinearClassifier
 from siamssl.methods.base import Batch, SSLMethod
 from siamssl.registry import Registry
 
 
 @dataclass(frozen=True)
 class MonitorContext:
-    """What monitors may use: the labeled data, the device and evaluation batch settings."""
+    """What monitors may use: the labeled data, the normalization the model was trained with, the
+    device and evaluation batch settings."""
 
     data: LabeledImages
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     device: torch.device
     batch_size: int
     crop_size: int
@@ -67,7 +73,7 @@ def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext
     method.eval()
     try:
         batches = eval_batches(
-            split.subset(limit), context.batch_size, context.data.mean, context.data.std,
+            split.subset(limit), context.batch_size, context.mean, context.std,
             context.device, context.crop_size, context.num_workers,
         )
         return extract_features(method.embed, batches)
@@ -141,3 +147,157 @@ class EmbeddingStdMonitor(Monitor):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total.copy_(state["total"])
         self.count = int(state["count"])
+
+
+@dataclass
+class OnlineProbeOptions:
+    """Online linear probe (SimCLR's ``lineareval_while_pretraining``, BYOL's online classifier): a
+    linear classifier on the detached backbone features of view 0 (the method's ``features``) and
+    the batch labels, trained after every SSL step with its own SGD optimizer (``lr``, ``momentum``,
+    ``weight_decay``; weights N(0, 0.01) drawn from ``seed``, bias 0). ``batch_norm``: standardize
+    the features with a BatchNorm without affine parameters first, so one ``lr`` suits any feature
+    scale. ``evaluate_test``: also measure it on the test split in eval mode (``max_test_samples``)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_norm: bool = True
+    evaluate_test: bool = True
+    max_test_samples: Optional[int] = None
+    seed: int = 0
+
+
+@MONITORS.register("online_probe", config=OnlineProbeOptions)
+class OnlineProbeMonitor(Monitor):
+    """Reports ``online_probe_train_top1`` and ``online_probe_train_loss`` (training batches since
+    the last evaluation, each measured before its update) and ``online_probe_top1`` (test split).
+
+    It only sees detached tensors after the optimizer step and draws no global random numbers, so
+    the SSL gradients and the run's random stream are the same with or without it. Under torchrun its
+    gradients are averaged over processes, so its weights stay the same on every process (its
+    BatchNorm statistics and training accuracy are each process's own; the main process's probe is
+    evaluated and checkpointed). Its weights, statistics and optimizer state are in the checkpoint,
+    so a resumed one-process run continues it exactly."""
+
+    options: OnlineProbeOptions
+
+    def __init__(self, options: Any, context: MonitorContext) -> None:
+        super().__init__(options, context)
+        self.num_classes = len(context.data.classes)
+        self.classifier: Optional[LinearClassifier] = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        device = context.device
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+        self.steps = 0
+
+    def _build(self, feature_dim: int) -> None:
+        generator = torch.Generator().manual_seed(self.options.seed)
+        classifier = LinearClassifier(feature_dim, self.num_classes, self.options.batch_norm, generator, norm_momentum=0.1)
+        self.classifier = classifier.to(self.context.device)
+        self.optimizer = torch.optim.SGD(
+            self.classifier.parameters(), lr=self.options.lr, momentum=self.options.momentum, weight_decay=self.options.weight_decay
+        )
+
+    def on_step(self, batch: Batch, outputs: dict[str, Tensor]) -> None:
+        features = outputs.get("features")
+        if features is None or batch.labels is None:
+            return
+        features = features.detach().float()
+        if self.classifier is None:
+            self._build(features.shape[1])
+        assert self.classifier is not None and self.optimizer is not None
+        self.classifier.train()
+        with torch.enable_grad():
+            logits = self.classifier(features)
+            loss = F.cross_entropy(logits, batch.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if is_distributed():
+            for p in self.classifier.parameters():
+                all_reduce_sum(p.grad).div_(world_size())
+        self.optimizer.step()
+        self.loss_sum += loss.detach().double()
+        self.correct += (logits.detach().argmax(dim=1) == batch.labels).sum()
+        self.seen += int(batch.labels.shape[0])
+        self.steps += 1
+
+    @torch.no_grad()
+    def evaluate(self, method: SSLMethod) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if self.steps:
+            results["online_probe_train_top1"] = float(self.correct) / self.seen
+            results["online_probe_train_loss"] = float(self.loss_sum) / self.steps
+            self.loss_sum.zero_()
+            self.correct.zero_()
+            self.seen = self.steps = 0
+        test = self.context.data.test
+        if self.options.evaluate_test and self.classifier is not None and test is not None:
+            features, labels = split_features(method, test, self.context, self.options.max_test_samples)
+            self.classifier.eval()
+            predictions = self.classifier(features).argmax(dim=1)
+            results["online_probe_top1"] = float((predictions == labels).float().mean())
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen, "steps": self.steps,
+        }
+        if self.classifier is not None and self.optimizer is not None:
+            state["classifier"] = {k: v.cpu() for k, v in self.classifier.state_dict().items()}
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss_sum.copy_(state["loss_sum"])
+        self.correct.copy_(state["correct"])
+        self.seen, self.steps = int(state["seen"]), int(state["steps"])
+        if "classifier" in state:
+            self._build(int(state["classifier"]["linear.weight"].shape[1]))
+            assert self.classifier is not None and self.optimizer is not None
+            self.classifier.load_state_dict(state["classifier"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass
+class DiagnosticsOptions:
+    """Representation diagnostics (:mod:`siamssl.eval.diagnostics`) of the model in eval mode on
+    ``max_samples`` test images (train images when there is no test split), for the backbone
+    features (``feat_*``) and, for methods with ``project``, the projector output (``emb_*``):
+    ``std`` (mean per-channel std of the l2-normalized outputs) and ``std_x_sqrt_d`` (about 1 when
+    spread uniformly, 0 at collapse), ``rankme`` (effective rank), ``uniformity`` (exponent ``t``) and,
+    with ``alignment: true``, ``alignment`` (exponent ``alpha``) of two augmented views of each image
+    (SimSiam's CIFAR recipe at the run's crop size, seeded by ``seed``). ``random_init``: also
+    measure the untrained model (``*_random_init``)."""
+
+    max_samples: Optional[int] = 1000
+    alignment: bool = True
+    alpha: float = 2.0
+    t: float = 2.0
+    seed: int = 0
+    random_init: bool = False
+
+
+@MONITORS.register("diagnostics", config=DiagnosticsOptions)
+class DiagnosticsMonitor(Monitor):
+    """Reports the representation diagnostics (see :class:`DiagnosticsOptions`) at every evaluation."""
+
+    options: DiagnosticsOptions
+
+    def _measure(self, method: SSLMethod) -> dict[str, float]:
+        data, context, options = self.context.data, self.context, self.options
+        scalars, _ = measure_representation(
+            method, data.test if data.test is not None else data.train, context.mean, context.std, context.device,
+            context.crop_size, context.batch_size, options.max_samples, options.alignment, options.alpha, options.t,
+            options.seed, context.num_workers,
+        )
+        return scalars
+
+    def on_train_start(self, method: SSLMethod) -> dict[str, float]:
+        if not self.options.random_init:
+            return {}
+        return {f"{k}_random_init": v for k, v in self._measure(method).items()}
+
+    def evaluate(self, method: SSLMethod) -> dict[str, float]:
+        return self._measure(method)

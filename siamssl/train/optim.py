@@ -18,14 +18,23 @@ class LARS(Optimizer):
         g ← g + wd·w;   g ← g · η‖w‖/‖g‖ (1 when either norm is 0);   μ ← m·μ + g;   w ← w − lr·μ
 
     Groups with ``lars_adapt=False`` skip the trust ratio (and get ``weight_decay=0`` from the
-    builder when biases and norm parameters are excluded). ``clip_lr`` caps the trust ratio at 1/lr,
-    so no layer steps faster than plain SGD at lr (solo-learn's LARS ``clip_lr``).
+    builder when biases and norm parameters are excluded).
+
+    ``clip=True`` is LARC's clipping (apex ``LARC(clip=True)``; solo-learn's ``clip_lr``): the trust
+    ratio becomes ``min(trust / lr, 1)``, so an adapted step never exceeds the plain SGD step at the
+    scheduled rate (1 while ``lr`` is 0).
+
+    Apex LARC with ``clip=False`` (SwAV) uses ``η‖w‖/(‖g‖ + wd‖w‖)`` where this uses
+    ``η‖w‖/‖g + wd·w‖``: the two agree to within ``2·wd‖w‖/‖g‖`` relative (about 1e-3 at SwAV's
+    wd 1e-6), so ``name: lars`` with ``exclude_bias_and_norm: false`` stands in for it.
     """
 
     def __init__(
-        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001, clip_lr: bool = False
+        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001, clip: bool = False
     ) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adapt=True, clip_lr=clip_lr))
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adapt=True, lars_clip=clip)
+        )
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -42,8 +51,8 @@ class LARS(Optimizer):
                     trust = torch.where(
                         (param_norm > 0) & (grad_norm > 0), group["eta"] * param_norm / grad_norm, torch.ones_like(param_norm)
                     )
-                    if group["clip_lr"] and group["lr"] > 0:
-                        trust = torch.clamp(trust / group["lr"], max=1.0)
+                    if group["lars_clip"]:
+                        trust = trust.div(group["lr"]).clamp(max=1.0) if group["lr"] > 0 else torch.ones_like(trust)
                     grad = grad.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -61,7 +70,8 @@ def peak_learning_rate(base_lr: float, global_batch_size: int, scaling: str) -> 
 
 def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
     """One optimizer param group per (method group × decayed / not decayed) with schedule metadata:
-    ``peak_lr`` (this group's unscheduled rate) and ``fixed_lr``."""
+    ``peak_lr`` (this group's unscheduled rate), ``fixed_lr`` and ``scheduled_weight_decay`` (the group
+    decays at the optimizer's ``weight_decay``, so ``weight_decay_end`` schedules it)."""
     exclude = cfg.exclude_bias_and_norm if cfg.exclude_bias_and_norm is not None else cfg.name == "lars"
     torch_groups = []
     for group in groups:
@@ -81,6 +91,7 @@ def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
                     peak_lr=lr,
                     fixed_lr=group.fixed_lr,
                     weight_decay=weight_decay if is_matrix else 0.0,
+                    scheduled_weight_decay=is_matrix and group.weight_decay is None,
                     lars_adapt=is_matrix and not group.exclude_from_lars,
                 )
             )
@@ -88,7 +99,7 @@ def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
         return torch.optim.SGD(torch_groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     if cfg.name == "lars":
         return LARS(
-            torch_groups, lr=peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta, clip_lr=cfg.lars_clip_lr
+            torch_groups, lr=peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta, clip=cfg.lars_clip
         )
     return torch.optim.AdamW(torch_groups, lr=peak_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
@@ -115,3 +126,20 @@ def set_learning_rates(optimizer: Optimizer, factor: float) -> None:
     """Scheduled groups get ``peak_lr × factor``; fixed groups keep ``peak_lr``."""
     for group in optimizer.param_groups:
         group["lr"] = group["peak_lr"] if group["fixed_lr"] else group["peak_lr"] * factor
+
+
+def weight_decay_at(step: int, total_steps: int, cfg) -> float:
+    """Weight decay at ``step`` when ``weight_decay_end`` is set: a cosine from ``weight_decay`` (step 0)
+    to ``weight_decay_end`` (step ``total_steps``), DINO's ``cosine_scheduler(weight_decay,
+    weight_decay_end, epochs, iters_per_epoch)``; ``weight_decay`` itself otherwise."""
+    if cfg.weight_decay_end is None:
+        return cfg.weight_decay
+    progress = min(1.0, step / max(1, total_steps))
+    return cfg.weight_decay_end + (cfg.weight_decay - cfg.weight_decay_end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_weight_decays(optimizer: Optimizer, weight_decay: float) -> None:
+    """Groups that decay at the optimizer's rate (``scheduled_weight_decay``) get ``weight_decay``."""
+    for group in optimizer.param_groups:
+        if group.get("scheduled_weight_decay", False):
+            group["weight_decay"] = weight_decay

@@ -27,7 +27,14 @@ from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
 from siamssl.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from siamssl.train.config import Config
 from siamssl.train.monitors import MONITORS, Monitor, MonitorContext
-from siamssl.train.optim import build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
+from siamssl.train.optim import (
+    build_optimizer,
+    peak_learning_rate,
+    schedule_factor,
+    set_learning_rates,
+    set_weight_decays,
+    weight_decay_at,
+)
 from siamssl.train.runtime import init_distributed, message, resolve_device, seed_everything
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -99,6 +106,8 @@ class Trainer:
             total_steps=self.total_steps,
             image_size=augment.crop_size,
             make_backbone=make_backbone,
+            image_mean=tuple(augment.mean or self.data.mean),
+            image_std=tuple(augment.std or self.data.std),
         )
         self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
         if cfg.trainer.channels_last:
@@ -116,7 +125,10 @@ class Trainer:
         peak_lr = peak_learning_rate(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr_scaling)
         self.optimizer = build_optimizer(self.method.parameter_groups(), cfg.optim, peak_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.trainer.precision == "fp16")
-        monitor_context = MonitorContext(self.data, self.device, cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers)
+        monitor_context = MonitorContext(
+            self.data, augment.mean or self.data.mean, augment.std or self.data.std, self.device,
+            cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers,
+        )
         self.monitors: dict[str, Monitor] = {
             name: MONITORS.get(name)(cfg.monitor_options.get(name), monitor_context) for name in cfg.eval.monitors
         }
@@ -243,7 +255,7 @@ class Trainer:
             self.initial_metrics = self._on_train_start()
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, disable=not (is_main_process() and cfg.trainer.progress_bar),
-            dynamic_ncols=True, unit="step",
+            dynamic_ncols=True, unit="step", mininterval=1.0,
         )
         with bar, self._signals_handled():
             while self.global_step < self.total_steps:
@@ -279,6 +291,8 @@ class Trainer:
         started = time.perf_counter()
         progress = TrainingProgress(self.global_step, self.total_steps, epoch, self.steps_per_epoch)
         set_learning_rates(self.optimizer, schedule_factor(self.global_step, self.total_steps, self.steps_per_epoch, cfg.optim))
+        if cfg.optim.weight_decay_end is not None:
+            set_weight_decays(self.optimizer, weight_decay_at(self.global_step, self.total_steps, cfg.optim))
         if cfg.trainer.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
         with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(cfg.trainer.precision), enabled=cfg.trainer.precision != "fp32"):
@@ -333,7 +347,9 @@ class Trainer:
         record["images_per_s"] = images_per_s
         self._throughput.append(images_per_s)
         self.metrics.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.3g}", img_s=f"{images_per_s:.0f}", refresh=False)
+        postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}", "img/s": f"{images_per_s:.0f}"}
+        postfix.update({k: f"{v:.4g}" for k, v in self.last_metrics.items()})
+        bar.set_postfix(postfix, refresh=False)
         self._window, self._window_steps, self._window_start = {}, 0, time.perf_counter()
         if is_distributed():  # all ranks agree on stopping at the same step
             flag = torch.tensor([int(self._stop_requested)], device=self.device)

@@ -80,10 +80,10 @@ def test_shuffle_bn_encodes_keys_in_shuffled_split_groups_and_unshuffles_them():
     with torch.no_grad():
         local, everyone = method.keys(x, step=3, view=1)
         permutation = method.shuffle_permutation(8, 3, 1, x.device)
-        shuffled = F.normalize(method.key_head(method.key_backbone(x[permutation])), dim=1)
+        shuffled = F.normalize(method.key_projector(method.key_backbone(x[permutation])), dim=1)
         unshuffled = torch.empty_like(shuffled)
         unshuffled[permutation] = shuffled
-        in_order = F.normalize(method.key_head(method.key_backbone(x)), dim=1)
+        in_order = F.normalize(method.key_projector(method.key_backbone(x)), dim=1)
     assert not torch.equal(permutation, torch.arange(8))
     torch.testing.assert_close(local, unshuffled)
     torch.testing.assert_close(everyone, unshuffled)
@@ -93,18 +93,18 @@ def test_shuffle_bn_encodes_keys_in_shuffled_split_groups_and_unshuffles_them():
 
     plain = _moco(bn_splits=2, shuffle_bn=False)
     with torch.no_grad():
-        torch.testing.assert_close(plain.keys(x, 3, 1)[0], F.normalize(plain.key_head(plain.key_backbone(x)), dim=1))
+        torch.testing.assert_close(plain.keys(x, 3, 1)[0], F.normalize(plain.key_projector(plain.key_backbone(x)), dim=1))
 
 
 def test_key_encoder_gets_no_gradient_and_moves_by_the_constant_ema():
     method = _moco(momentum=0.9)
     method(two_views(8, seed=3), progress(0))["loss"].backward()
-    keys = list(method.key_backbone.parameters()) + list(method.key_head.parameters())
+    keys = list(method.key_backbone.parameters()) + list(method.key_projector.parameters())
     assert all(not p.requires_grad and p.grad is None for p in keys)
     with torch.no_grad():
-        for p in list(method.backbone.parameters()) + list(method.head.parameters()):
+        for p in list(method.backbone.parameters()) + list(method.projector.parameters()):
             p.add_(torch.randn_like(p))
-    pairs = list(zip(keys, list(method.backbone.parameters()) + list(method.head.parameters())))
+    pairs = list(zip(keys, list(method.backbone.parameters()) + list(method.projector.parameters())))
     before = [(k.clone(), q.clone()) for k, q in pairs]
     method.on_after_optimizer_step(progress(7))
     for (k, _), (k_old, q) in zip(pairs, before):
@@ -113,10 +113,10 @@ def test_key_encoder_gets_no_gradient_and_moves_by_the_constant_ema():
 
 def test_v1_head_is_linear_and_v2_head_is_an_mlp_without_batchnorm():
     v1 = _moco(head="linear")
-    assert isinstance(v1.head, torch.nn.Linear) and v1.head.bias is not None
+    assert isinstance(v1.projector, torch.nn.Linear) and v1.projector.bias is not None
     v2 = _moco(head="mlp")
-    kinds = [type(m).__name__ for m in v2.head]
-    assert kinds == ["Linear", "ReLU", "Linear"] and all(m.bias is not None for m in v2.head if isinstance(m, torch.nn.Linear))
+    kinds = [type(m).__name__ for m in v2.projector]
+    assert kinds == ["Linear", "ReLU", "Linear"] and all(m.bias is not None for m in v2.projector if isinstance(m, torch.nn.Linear))
     assert MoCo.Config().temperature == 0.2 and MoCo.Config().queue_size == 65536 and MoCo.Config().momentum == 0.999
 
 

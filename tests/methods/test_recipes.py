@@ -16,6 +16,7 @@ import torch
 from siamssl.train.config import config_from_dict, load_config
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
+from tests.methods.training_helpers import assert_resume_is_exact
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ["byol", "moco", "mocov3", "simclr"]
@@ -68,3 +69,10 @@ def test_shipped_recipe_trains_two_steps(tmp_path, recipe):
     summary = Trainer(cfg).fit()
     losses = _losses(tmp_path / "run")
     assert summary["steps"] == 2 and losses and all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("method", ["byol", "moco", "mocov3"])
+def test_resume_is_exact(tmp_path, method):
+    """Momentum encoders, the MoCo queue and pointer, and the Shuffle-BN permutations (seeded by the
+    step) continue exactly after an interruption."""
+    assert_resume_is_exact(tmp_path, method)

@@ -1,0 +1,82 @@
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from siamssl.methods.base import ParamGroup
+from siamssl.train.config import OptimConfig
+from siamssl.train.optim import LARS, build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
+
+
+def test_linear_scaling_rule():
+    assert peak_learning_rate(0.05, 512, "linear") == pytest.approx(0.1)
+    assert peak_learning_rate(0.6, 4096, "none") == 0.6
+
+
+def test_warmup_then_cosine_to_min():
+    cfg = OptimConfig(warmup_epochs=2, min_lr_ratio=0.1, warmup_start_ratio=0.0)
+    spe, total = 10, 100
+    assert schedule_factor(0, total, spe, cfg) == 0.0
+    assert schedule_factor(10, total, spe, cfg) == pytest.approx(0.5)
+    assert schedule_factor(20, total, spe, cfg) == pytest.approx(1.0)
+    mid = 20 + (total - 20) // 2
+    assert schedule_factor(mid, total, spe, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert schedule_factor(total, total, spe, cfg) == pytest.approx(0.1)
+
+
+def test_epoch_granularity_holds_rate_within_an_epoch():
+    cfg = OptimConfig(schedule_unit="epoch")
+    values = {schedule_factor(s, 100, 10, cfg) for s in range(30, 40)}
+    assert len(values) == 1
+    assert values.pop() == pytest.approx(0.5 * (1 + math.cos(math.pi * 30 / 100)))
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+
+
+def test_fixed_lr_group_keeps_its_rate_and_lr_scale_applies():
+    model = _model()
+    groups = [ParamGroup("a", list(model[0].parameters())), ParamGroup("b", list(model[2].parameters()), fixed_lr=True, lr_scale=0.5)]
+    opt = build_optimizer(groups, OptimConfig(), peak_lr=0.2)
+    set_learning_rates(opt, 0.25)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"a": pytest.approx(0.05), "b": pytest.approx(0.1)}
+
+
+def test_lars_excludes_bias_and_norm_from_decay_and_adaptation():
+    model = _model()
+    opt = build_optimizer([ParamGroup("all", list(model.parameters()))], OptimConfig(name="lars", weight_decay=1e-4), 0.1)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["all/weights"]["weight_decay"] == 1e-4 and by_name["all/weights"]["lars_adapt"]
+    assert by_name["all/bias_norm"]["weight_decay"] == 0.0 and not by_name["all/bias_norm"]["lars_adapt"]
+    assert all(p.ndim == 1 for p in by_name["all/bias_norm"]["params"])
+
+
+def test_lars_step_matches_the_update_rule():
+    torch.manual_seed(1)
+    w = nn.Parameter(torch.randn(3, 4))
+    b = nn.Parameter(torch.randn(3))
+    opt = LARS([dict(params=[w], lars_adapt=True, weight_decay=0.1), dict(params=[b], lars_adapt=False, weight_decay=0.0)], lr=0.5, momentum=0.9, eta=0.02)
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    buf_w, buf_b = torch.zeros_like(w0), torch.zeros_like(b0)
+    for step in range(3):
+        gw, gb = torch.randn(3, 4), torch.randn(3)
+        w.grad, b.grad = gw.clone(), gb.clone()
+        opt.step()
+        g = gw + 0.1 * w0
+        g = g * (0.02 * w0.norm() / g.norm())
+        buf_w = g if step == 0 else 0.9 * buf_w + g
+        w0 = w0 - 0.5 * buf_w
+        buf_b = gb if step == 0 else 0.9 * buf_b + gb
+        b0 = b0 - 0.5 * buf_b
+        assert torch.allclose(w, w0, atol=1e-6) and torch.allclose(b, b0, atol=1e-6)
+
+
+def test_sgd_weight_decay_applies_to_all_by_default():
+    model = _model()
+    opt = build_optimizer([ParamGroup("all", list(model.parameters()))], replace(OptimConfig(), weight_decay=5e-4), 0.1)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 5e-4
