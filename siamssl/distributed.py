@@ -15,13 +15,21 @@ gradient silently scales or drops the cross-rank terms.)
 
 Every function is the identity when torch.distributed is not initialized or the world has one process,
 so the same loss code runs in a notebook, a unit test and under ``torchrun``.
+
+:class:`SyncBatchNorm` follows the same rule: its statistics are those of the global batch, computed
+with :func:`gather_with_grad`, so 2 processes × B normalize exactly as 1 process × 2B. It works with
+every backend (``torch.nn.SyncBatchNorm`` refuses CPU tensors, hence gloo); :func:`convert_sync_batchnorm`
+uses torch's fused version on CUDA tensors and this one elsewhere.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def is_distributed() -> bool:
@@ -127,3 +135,177 @@ def all_reduce_max(x: Tensor) -> Tensor:
 def local_row_offset(local_rows: int) -> int:
     """Index of this rank's first row in a gathered tensor (for in-batch contrastive labels)."""
     return rank() * local_rows
+
+
+@torch.no_grad()
+def shuffle_across_ranks(x: Tensor) -> tuple[Tensor, Tensor]:
+    """First half of MoCo's Shuffle-BN (He et al., CVPR 2020, §3.3; facebookresearch/moco
+    ``_batch_shuffle_ddp``): gather ``x`` (no gradient), permute the global batch with one
+    permutation drawn on rank 0 and broadcast, and return this rank's slice of the shuffled batch
+    with the permutation. The key encoder's per-process BatchNorm then sees a random subset of the
+    global batch, so the statistics cannot leak which key is the query's positive.
+
+    With one process it permutes the local batch; pair it with :class:`SplitBatchNorm` to reproduce
+    W processes on one (see docs/DISTRIBUTED.md). Undo with :func:`unshuffle_across_ranks`.
+    """
+    gathered = gather_no_grad(x)
+    permutation = torch.randperm(gathered.shape[0], device=x.device)
+    if is_distributed():
+        dist.broadcast(permutation, src=0)
+    local = gathered.shape[0] // world_size()
+    return gathered[permutation.view(world_size(), local)[rank()]], permutation
+
+
+@torch.no_grad()
+def unshuffle_across_ranks(y: Tensor, permutation: Tensor) -> Tensor:
+    """Second half of Shuffle-BN: gather the outputs computed on the shuffled slices, restore the
+    original order of the global batch and return this rank's rows (``_batch_unshuffle_ddp``)."""
+    gathered = gather_no_grad(y)
+    restored = gathered[torch.argsort(permutation)]
+    local = restored.shape[0] // world_size()
+    return restored[rank() * local : (rank() + 1) * local]
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of all processes, for any backend and device (gloo on CPU too).
+
+    In training mode with more than one process, each rank computes its per-channel mean and sum of
+    squared deviations ``M2`` in float32; one differentiable gather combines them with the parallel
+    variance formula (Chan et al., 1979), which is as stable as two passes over the whole batch:
+
+        N = Σ_r n_r,   μ = Σ_r n_r μ_r / N,   σ² = Σ_r [M2_r + n_r (μ_r - μ)²] / N
+
+    and the running statistics are updated with the unbiased ``σ² N/(N-1)``, as ``nn.BatchNorm``
+    does on the concatenated batch. The gather's backward sums gradients over ranks (see the module
+    docstring), so with DDP averaging, gradients equal those of one process on the whole batch. In
+    evaluation mode, or without a process group, it is ``nn.BatchNorm``. Accepts (N, C), (N, C, L),
+    (N, C, H, W) and (N, C, D, H, W) inputs; the output has the input's dtype.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(input)
+        self._check_input_dim(input)
+        reduce_dims = [0] + list(range(2, input.dim()))
+        x = input.float()
+        local_count = input.numel() // input.shape[1]
+        local_mean = x.mean(dim=reduce_dims)
+        local_m2 = (x - _channel_view(local_mean, input.dim())).pow(2).sum(dim=reduce_dims)
+        count_column = torch.full((1,), float(local_count), device=input.device)
+        stats = gather_with_grad(torch.cat([local_mean, local_m2, count_column]).unsqueeze(0))
+        means, m2s, counts = stats[:, : self.num_features], stats[:, self.num_features : -1], stats[:, -1:].detach()
+        total = counts.sum()
+        mean = (counts * means).sum(dim=0) / total
+        var = (m2s + counts * (means - mean).pow(2)).sum(dim=0) / total
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            self._update_running_stats(mean.detach(), var.detach(), float(total))
+        shape_dims = input.dim()
+        out = (x - _channel_view(mean, shape_dims)) * _channel_view(torch.rsqrt(var + self.eps), shape_dims)
+        if self.weight is not None:
+            out = out * _channel_view(self.weight.float(), shape_dims)
+        if self.bias is not None:
+            out = out + _channel_view(self.bias.float(), shape_dims)
+        return out.to(input.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: float) -> None:
+        assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (count / max(count - 1.0, 1.0))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm that normalizes ``num_splits`` contiguous chunks of the batch separately: what
+    ``num_splits`` processes with per-process BatchNorm compute, on one process (the single-GPU
+    stand-in for MoCo's per-GPU BN, as in the MoCo CIFAR demo's ``SplitBatchNorm``).
+
+    Training outputs and gradients equal those of ``num_splits`` ranks each running
+    ``nn.BatchNorm`` on its chunk; the running statistics are updated with the mean over chunks of
+    the per-chunk statistics. Evaluation mode uses the running statistics like ``nn.BatchNorm``.
+    Not converted by :func:`convert_sync_batchnorm`.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        self.num_splits = num_splits
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or self.num_splits == 1:
+            return super().forward(input)
+        self._check_input_dim(input)
+        n, c = input.shape[0], input.shape[1]
+        if n % self.num_splits:
+            raise ValueError(f"batch of {n} does not split into {self.num_splits} equal chunks")
+        assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        rest = input.shape[2:]
+        # chunk s of the batch becomes channels [s·C, (s+1)·C): one batch_norm call, per-chunk statistics
+        folded = input.reshape(self.num_splits, n // self.num_splits, c, *rest).transpose(0, 1)
+        folded = folded.reshape(n // self.num_splits, self.num_splits * c, *rest)
+        running_mean = self.running_mean.repeat(self.num_splits)
+        running_var = self.running_var.repeat(self.num_splits)
+        weight = self.weight.repeat(self.num_splits) if self.weight is not None else None
+        bias = self.bias.repeat(self.num_splits) if self.bias is not None else None
+        out = F.batch_norm(folded, running_mean, running_var, weight, bias, True, factor, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(running_mean.view(self.num_splits, c).mean(dim=0))
+            self.running_var.copy_(running_var.view(self.num_splits, c).mean(dim=0))
+        out = out.reshape(n // self.num_splits, self.num_splits, c, *rest).transpose(0, 1)
+        return out.reshape(input.shape)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", num_splits={self.num_splits}"
+
+
+def _channel_view(values: Tensor, dims: int) -> Tensor:
+    return values.view(1, -1, *([1] * (dims - 2)))
+
+
+_PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: Optional[torch.device] = None) -> nn.Module:
+    """Replace every ``nn.BatchNorm1d/2d/3d`` in ``module`` by a synchronized BatchNorm sharing its
+    parameters and buffers: ``torch.nn.SyncBatchNorm`` when ``device`` is CUDA (fused NCCL kernels),
+    :class:`SyncBatchNorm` otherwise. Only these exact classes are converted: a subclass (a split or
+    ghost BatchNorm, say) defines its own statistics on purpose and is kept. A BatchNorm reachable
+    through several paths becomes one synchronized module, so sharing is preserved.
+    """
+    use_torch = device is not None and device.type == "cuda"
+    converted: dict[int, nn.Module] = {}
+
+    def convert(child: nn.Module) -> nn.Module:
+        if type(child) not in _PLAIN_BATCHNORMS:
+            return child
+        if id(child) not in converted:
+            cls = nn.SyncBatchNorm if use_torch else SyncBatchNorm
+            new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            new.running_mean, new.running_var = child.running_mean, child.running_var
+            new.num_batches_tracked = child.num_batches_tracked
+            new.train(child.training)
+            converted[id(child)] = new
+        return converted[id(child)]
+
+    root = convert(module)
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            replacement = convert(child)
+            if replacement is not child:
+                setattr(parent, name, replacement)
+    return root

@@ -63,7 +63,10 @@ class DataConfig:
 
     ``root``: where the dataset lives (CIFAR in torchvision format, or an ImageFolder tree with
     ``train/`` and ``test/`` (or ``val/``) class folders). ``batch_size`` is the **global** batch
-    over all processes. ``pipeline``: ``torchvision`` (per-sample transforms in DataLoader workers).
+    over all processes. ``pipeline``: ``batched`` (the whole batch augmented at once on the training
+    device, :mod:`siamssl.data.batched`; image files decoded by the GPU when there is one),
+    ``torchvision`` (per-sample transforms in DataLoader workers) or ``auto`` (batched for in-memory
+    datasets and on GPUs, torchvision for image files read on the CPU).
     ``image_size``: resize+center-crop folder images to this size when caching them in memory (None:
     keep the native size, which must then be the same for every image). ``in_memory``: decode once
     into a uint8 cache (small datasets); False decodes files every epoch (ImageNet-scale folders).
@@ -74,7 +77,7 @@ class DataConfig:
     root: Optional[str] = None
     batch_size: int = 512
     num_workers: int = 2
-    pipeline: Literal["torchvision"] = "torchvision"
+    pipeline: Literal["auto", "batched", "torchvision"] = "auto"
     in_memory: bool = True
     image_size: Optional[int] = None
     train_subset: Optional[int] = None

@@ -1,23 +1,28 @@
 """Deterministic, resumable training batches and evaluation batches.
 
 The sample order of epoch ``e`` is a permutation drawn from ``(seed, e)``; global batch ``b`` is
-positions ``[b·G, (b+1)·G)`` of it, and rank ``r`` of ``W`` takes the ``r``-th slice of ``G/W``. The
-augmentation of each sample is seeded by ``(seed, e, position)``. So one process with batch 2B and
-two processes with batch B see the same images with the same augmentations, and a run resumed at
-any step continues exactly where it stopped, whatever the number of DataLoader workers.
+positions ``[b·G, (b+1)·G)`` of it, and rank ``r`` of ``W`` takes the ``r``-th slice of ``G/W``.
+:class:`TrainLoader` (``data.pipeline: torchvision``) seeds the augmentation of each sample by
+``(seed, e, position)``; :class:`BatchedTrainLoader` (``data.pipeline: batched``) draws the random
+parameters of the whole global batch ``b`` from ``(seed, e, b)`` and applies this rank's slice. So
+with either loader, one process with batch 2B and two processes with batch B see the same images
+with the same augmentations, and a run resumed at any step continues exactly where it stopped,
+whatever the number of DataLoader workers.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from siamssl.data.augment import Transform, eval_transform
-from siamssl.data.datasets import ImageSplit
-from siamssl.errors import ConfigError
+from siamssl.data.augment import Transform, eval_transform, view_transforms
+from siamssl.data.batched import BatchedAugment, to_device
+from siamssl.data.config import DataConfig
+from siamssl.data.datasets import ImageSplit, decode_image_file
+from siamssl.errors import ConfigError, DataError
 from siamssl.methods.base import Batch
 
 _MIX = 0x9E3779B97F4A7C15
@@ -27,6 +32,12 @@ _MASK = (1 << 63) - 1
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """A reproducible per-sample seed, distinct for every (seed, epoch, position)."""
     return ((seed * 1_000_003 + epoch) * _MIX + position * 0xBF58476D1CE4E5B9) & _MASK
+
+
+def batch_seed(seed: int, epoch: int, step: int) -> int:
+    """Seed of the augmentation draws of global batch ``step`` of ``epoch`` (distinct from every
+    per-sample seed and from the epoch permutation's, which use positions ≥ 0 and −1)."""
+    return sample_seed(seed, epoch, -2 - step)
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> Tensor:
@@ -51,8 +62,29 @@ class _AugmentedSamples(Dataset):
         return views, index, int(self.split.labels[index])
 
 
+def _check_batch(num_samples: int, global_batch_size: int, world_size: int) -> int:
+    if global_batch_size % world_size:
+        raise ConfigError(f"data.batch_size={global_batch_size} is not divisible by the {world_size} processes")
+    steps = num_samples // global_batch_size
+    if steps == 0:
+        raise ConfigError(f"data.batch_size={global_batch_size} is larger than the training set ({num_samples} images)")
+    return steps
+
+
+def _local_positions(first_step: int, last_step: int, global_batch_size: int, rank: int, local_batch_size: int) -> Tensor:
+    """This rank's positions in the epoch order for global batches ``first_step … last_step − 1``."""
+    return (
+        torch.arange(first_step, last_step).view(-1, 1) * global_batch_size
+        + rank * local_batch_size
+        + torch.arange(local_batch_size).view(1, -1)
+    ).flatten()
+
+
 class TrainLoader:
-    """Training batches of this rank: ``batches(epoch, start_step)`` yields :class:`Batch` on ``device``."""
+    """Training batches of this rank: ``batches(epoch, start_step)`` yields :class:`Batch` on ``device``.
+
+    The per-sample torchvision pipeline (``data.pipeline: torchvision``): each sample is decoded and
+    augmented by ``transforms`` in a DataLoader worker."""
 
     def __init__(
         self,
@@ -65,11 +97,7 @@ class TrainLoader:
         world_size: int = 1,
         device: torch.device = torch.device("cpu"),
     ) -> None:
-        if global_batch_size % world_size:
-            raise ConfigError(f"data.batch_size={global_batch_size} is not divisible by the {world_size} processes")
-        self.steps_per_epoch = len(split) // global_batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"data.batch_size={global_batch_size} is larger than the training set ({len(split)} images)")
+        self.steps_per_epoch = _check_batch(len(split), global_batch_size, world_size)
         self.split, self.transforms = split, list(transforms)
         self.global_batch_size, self.local_batch_size = global_batch_size, global_batch_size // world_size
         self.seed, self.num_workers, self.rank, self.device = seed, num_workers, rank, device
@@ -77,11 +105,7 @@ class TrainLoader:
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         order = epoch_permutation(len(self.split), self.seed, epoch)
         steps = self.steps_per_epoch - start_step
-        positions = (
-            torch.arange(start_step, self.steps_per_epoch).view(-1, 1) * self.global_batch_size
-            + self.rank * self.local_batch_size
-            + torch.arange(self.local_batch_size).view(1, -1)
-        ).flatten()
+        positions = _local_positions(start_step, self.steps_per_epoch, self.global_batch_size, self.rank, self.local_batch_size)
         dataset = _AugmentedSamples(self.split, order[positions], positions, self.transforms, self.seed, epoch)
         loader = DataLoader(
             dataset,
@@ -98,6 +122,158 @@ class TrainLoader:
                 index=index.to(self.device, non_blocking=non_blocking),
                 labels=labels.to(self.device, non_blocking=non_blocking),
             )
+
+
+class BatchedTrainLoader:
+    """Training batches of this rank from the batched engine (``data.pipeline: batched``).
+
+    In-memory splits are moved to ``device`` once (uint8); each step gathers the batch by index and
+    augments it there with :class:`~siamssl.data.batched.BatchedAugment`: no per-sample Python, no
+    worker processes, and on a GPU no host synchronization (every random decision is drawn on the
+    host and copied asynchronously). Splits of image files are read by ``num_workers`` DataLoader
+    workers: on a GPU the JPEG files are decoded there (``torchvision.io.decode_jpeg(...,
+    device="cuda")``), other formats (or JPEGs the GPU decoder rejects) on the CPU; then the batch
+    is augmented on ``device`` as a list of images of different sizes.
+
+    Determinism: the random parameters of global batch ``b`` of epoch ``e`` are drawn from
+    ``(seed, e, b)`` for all its samples and each rank applies its slice, so the views depend
+    neither on the number of processes nor on where a run resumed.
+    """
+
+    def __init__(
+        self,
+        split: ImageSplit,
+        augment: BatchedAugment,
+        global_batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device = torch.device("cpu"),
+        decode_on_device: Optional[bool] = None,
+    ) -> None:
+        self.steps_per_epoch = _check_batch(len(split), global_batch_size, world_size)
+        self.split, self.augment = split, augment
+        self.global_batch_size, self.local_batch_size = global_batch_size, global_batch_size // world_size
+        self.seed, self.num_workers, self.rank, self.device = seed, num_workers, rank, device
+        self.labels = split.labels.to(device)
+        self.images = split.images.to(device) if split.images is not None else None
+        gpu = device.type == "cuda"
+        self.decode_on_device = gpu if decode_on_device is None else decode_on_device
+        if self.decode_on_device and not gpu:
+            raise ConfigError("decoding JPEGs on the device needs a CUDA device")
+
+    def draws(self, epoch: int, step: int):
+        """This rank's slice of the augmentation draws of global batch ``step`` of ``epoch``."""
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, step))
+        start = self.rank * self.local_batch_size
+        return self.augment.draw(self.global_batch_size, generator).slice(start, start + self.local_batch_size)
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        order = epoch_permutation(len(self.split), self.seed, epoch)
+        if self.images is not None:
+            for step in range(start_step, self.steps_per_epoch):
+                positions = _local_positions(step, step + 1, self.global_batch_size, self.rank, self.local_batch_size)
+                index = to_device(order[positions], self.device)
+                views = self.augment(self.images.index_select(0, index), self.draws(epoch, step))
+                yield Batch(views=views, index=index, labels=self.labels.index_select(0, index))
+            return
+        yield from self._file_batches(order, epoch, start_step)
+
+    def _file_batches(self, order: Tensor, epoch: int, start_step: int) -> Iterator[Batch]:
+        positions = _local_positions(start_step, self.steps_per_epoch, self.global_batch_size, self.rank, self.local_batch_size)
+        files = _EncodedFiles(self.split, order[positions], keep_jpeg_bytes=self.decode_on_device)
+        loader = DataLoader(
+            files, batch_size=self.local_batch_size, shuffle=False, drop_last=True, collate_fn=_as_list,
+            num_workers=self.num_workers if len(files) > 0 else 0, pin_memory=False,
+        )
+        for step, items in enumerate(loader, start=start_step):
+            indices = torch.tensor([index for index, _, _ in items])
+            images = self._decode([(encoded, data) for _, encoded, data in items])
+            index = to_device(indices, self.device)
+            yield Batch(views=self.augment(images, self.draws(epoch, step)), index=index, labels=self.labels.index_select(0, index))
+
+    def _decode(self, items: list[tuple[bool, Tensor]]) -> list[Tensor]:
+        """Images on the device: JPEG bytes decoded by the GPU in one call, the rest already decoded."""
+        images: list[Optional[Tensor]] = [None if encoded else to_device(data, self.device) for encoded, data in items]
+        jpegs = [i for i, (encoded, _) in enumerate(items) if encoded]
+        if jpegs:
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            raw = [items[i][1] for i in jpegs]
+            try:
+                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:  # a file the GPU decoder does not handle (CMYK, lossless...): the CPU does
+                decoded = [_decode_bytes(data).to(self.device) for data in raw]
+            for i, image in zip(jpegs, decoded):
+                images[i] = image
+        return images  # type: ignore[return-value]
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+def _decode_bytes(data: Tensor) -> Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        raise DataError(f"cannot decode an image file: {error}") from None
+
+
+class _EncodedFiles(Dataset):
+    """(index, is_jpeg_bytes, data) per sample: the raw bytes of JPEG files when they are to be
+    decoded on the GPU, else the image decoded here (uint8 (3, H, W))."""
+
+    def __init__(self, split: ImageSplit, indices: Tensor, keep_jpeg_bytes: bool) -> None:
+        if split.paths is None:
+            raise DataError("this split has neither images in memory nor file paths")
+        self.split, self.indices, self.keep_jpeg_bytes = split, indices, keep_jpeg_bytes
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[int, bool, Tensor]:
+        index = int(self.indices[i])
+        path = self.split.paths[index]  # type: ignore[index]
+        if self.keep_jpeg_bytes and path.lower().endswith((".jpg", ".jpeg")):
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if data[:2] == b"\xff\xd8":  # the JPEG start-of-image marker
+                return index, True, torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return index, False, decode_image_file(path)
+
+
+AnyTrainLoader = Union[TrainLoader, BatchedTrainLoader]
+
+
+def resolve_pipeline(cfg: DataConfig, split: ImageSplit, device: torch.device) -> str:
+    """``data.pipeline``, with ``auto`` resolved: ``batched`` for in-memory splits or a GPU,
+    ``torchvision`` for image files read on the CPU (per-sample decoding and cropping of large
+    images parallelizes over DataLoader workers there)."""
+    if cfg.pipeline != "auto":
+        return cfg.pipeline
+    return "batched" if split.in_memory or device.type == "cuda" else "torchvision"
+
+
+def build_train_loader(
+    split: ImageSplit,
+    cfg: DataConfig,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device = torch.device("cpu"),
+) -> AnyTrainLoader:
+    """The training loader that ``cfg.pipeline`` selects (see :func:`resolve_pipeline`)."""
+    if resolve_pipeline(cfg, split, device) == "batched":
+        augment = BatchedAugment(cfg.augment, mean, std)
+        return BatchedTrainLoader(split, augment, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device)
+    transforms = view_transforms(cfg.augment, mean, std)
+    return TrainLoader(split, transforms, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device)
 
 
 def eval_batches(

@@ -20,7 +20,7 @@ registered buffer, so that checkpoints capture it and resume is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +96,11 @@ class SSLMethod(nn.Module):
 
     backbone: nn.Module
     feature_dim: int
+    #: Whether the paper's multi-GPU recipe computes BatchNorm statistics over the global batch
+    #: (SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV, DINO do; MoCo v1/v2 use per-GPU BN
+    #: with Shuffle-BN instead; InstDisc and CMC per-GPU BN). The trainer converts to SyncBatchNorm
+    #: under torchrun when this is True, unless ``trainer.sync_bn`` says otherwise.
+    default_sync_bn: ClassVar[bool] = True
 
     def forward(self, batch: Batch, progress: TrainingProgress) -> dict[str, Tensor]:  # pragma: no cover
         raise NotImplementedError

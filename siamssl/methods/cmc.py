@@ -60,6 +60,9 @@ class LabEncoders(nn.Module):
 
 @register_method("cmc")
 class CMC(SSLMethod):
+    # Per-GPU BatchNorm, as the official code (HobbitLong/CMC ``train_CMC.py`` uses DataParallel).
+    default_sync_bn = False
+
     @dataclass
     class Config:
         """CMC options; defaults are the official ImageNet values (configs/cmc.yaml has a CIFAR recipe).

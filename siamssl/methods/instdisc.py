@@ -26,6 +26,10 @@ from siamssl.methods.registry import register_method
 
 @register_method("instdisc")
 class InstDisc(SSLMethod):
+    # Per-GPU BatchNorm, as the official code (zhirongw/lemniscate.pytorch ``main.py``: DataParallel,
+    # or DistributedDataParallel without SyncBN).
+    default_sync_bn = False
+
     @dataclass
     class Config:
         """InstDisc options; defaults are the paper's ImageNet values (configs/instdisc.yaml has CIFAR's).

@@ -4,8 +4,10 @@ Assignments", NeurIPS 2020), as facebookresearch/swav ``main_swav.py``.
 Every crop is embedded (backbone → projector → l2-normalize) and scored against unit prototypes.
 Sinkhorn-Knopp turns the scores of the assignment crops (the large ones) into codes with equal
 partition over the global batch; each other crop predicts those codes (swapped prediction).
-Same-resolution crops share one backbone pass. An optional queue of past embeddings, kept per rank
-like the official code, enlarges the batch Sinkhorn partitions when batches are small.
+Same-resolution crops share one backbone pass. An optional queue of past embeddings enlarges the
+batch Sinkhorn partitions when batches are small. Each rank uses its own past embeddings, as the
+official per-rank queue; the buffer holds those of every rank (enqueued from the gathered batch),
+so it is identical on all ranks, checkpointed whole, and resumes under any number of processes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from siamssl.distributed import world_size
+from siamssl.distributed import gather_no_grad, rank, world_size
 from siamssl.errors import ConfigError
 from siamssl.heads import swav_projector
 from siamssl.losses import sinkhorn_knopp, swav_loss
@@ -62,7 +64,7 @@ class SwAV(SSLMethod):
         self.projector = swav_projector(feature_dim, cfg.hidden_dim, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.num_prototypes, bias=False)
         self._normalize_prototypes()
-        # Per-rank queue of this rank's past embeddings, newest first (the official layout).
+        # Past global batches, newest first; each global batch is the ranks' slices in rank order.
         self.register_buffer("queue", torch.zeros(len(cfg.crops_for_assign), queue_rows, cfg.proj_dim))
 
     @classmethod
@@ -77,7 +79,7 @@ class SwAV(SSLMethod):
                     f"method.queue_length={cfg.queue_length} is smaller than the global batch {context.global_batch_size}; "
                     "raise it or set it to 0"
                 )
-            queue_rows = usable // world_size()
+            queue_rows = usable
         return cls(backbone, feature_dim, cfg, queue_rows)
 
     def forward(self, batch: Batch, progress: TrainingProgress) -> dict[str, Tensor]:
@@ -97,17 +99,23 @@ class SwAV(SSLMethod):
         """Sinkhorn codes of the assignment crops, the queue's scores prepended once it is full;
         then this batch's embeddings enter the queue (from ``queue_start_epoch`` on)."""
         n, rows = scores.shape[1], self.queue.shape[1]
+        global_batch = n * world_size()
         filled_steps = progress.step - self.cfg.queue_start_epoch * progress.steps_per_epoch
-        use_queue = rows > 0 and filled_steps * n >= rows  # a step's progress fixes the fill level
+        use_queue = rows > 0 and filled_steps * global_batch >= rows  # a step's progress fixes the fill level
         codes = []
         for i, crop in enumerate(self.cfg.crops_for_assign):
             crop_scores = scores[crop]
             if use_queue:
-                crop_scores = torch.cat([self.queue[i] @ self.prototypes.weight.t(), crop_scores])
+                # this rank's own past embeddings (the official per-rank queue); Sinkhorn's all-reduced
+                # normalizers then see every rank's, i.e. the whole queue of one process
+                own = self.queue[i].view(rows // global_batch, world_size(), n, -1)[:, rank()].reshape(-1, self.queue.shape[2])
+                crop_scores = torch.cat([own @ self.prototypes.weight.t(), crop_scores])
             codes.append(sinkhorn_knopp(crop_scores, self.cfg.epsilon, self.cfg.sinkhorn_iterations)[-n:])
         if rows > 0 and filled_steps >= 0:
-            self.queue[:, n:] = self.queue[:, :-n].clone()
-            self.queue[:, :n] = embeddings[list(self.cfg.crops_for_assign)]
+            assigned = embeddings[list(self.cfg.crops_for_assign)]  # (A, n, D)
+            gathered = gather_no_grad(assigned.transpose(0, 1).contiguous()).transpose(0, 1)  # (A, global batch, D)
+            self.queue[:, global_batch:] = self.queue[:, :-global_batch].clone()
+            self.queue[:, :global_batch] = gathered
         return torch.stack(codes)
 
     @torch.no_grad()

@@ -65,9 +65,23 @@ class TrainerConfig:
     """Training loop options.
 
     ``max_steps`` stops after that many optimizer steps and sets the schedule's length (overrides
-    ``epochs``). ``precision``: fp32, bf16 autocast (CPU and GPU) or fp16 autocast with gradient
-    scaling (GPU). ``resume``: true continues ``output_dir``'s last checkpoint, a path continues that
-    checkpoint. ``overwrite``: replace an existing ``output_dir``.
+    ``epochs``). ``precision``: fp32, bf16 autocast (CPU and GPU; the fast choice on recent GPUs) or
+    fp16 autocast with gradient scaling (GPU; its scaler reads an overflow flag back every step);
+    losses, normalizations and softmaxes stay in float32. ``resume``: true continues
+    ``output_dir``'s last checkpoint, a path continues that checkpoint (saved under any number of
+    processes: the global batch, not the world size, defines a step). ``overwrite``: replace an
+    existing ``output_dir``. ``deterministic``: deterministic algorithms only (also turns off cuDNN
+    autotuning, which is on otherwise on GPUs).
+
+    ``sync_bn``: under ``torchrun`` with more than one process, compute BatchNorm statistics over the
+    global batch (SyncBatchNorm); null (default) follows the method's paper (``default_sync_bn``: on
+    for SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV; off for Shuffle-BN MoCo,
+    InstDisc, CMC).
+    ``compile``: ``torch.compile`` the backbone with ``compile_backend`` (``inductor``; ``aot_eager``
+    checks tracing without code generation) and ``compile_mode`` (inductor: ``default``,
+    ``reduce-overhead`` — CUDA graphs, removing per-kernel launch cost, worth it for small models and
+    images — or ``max-autotune``). ``channels_last``: NHWC memory format for model and images (faster
+    convolutions with AMP on recent GPUs).
     """
 
     epochs: int = 100
@@ -75,8 +89,10 @@ class TrainerConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     channels_last: bool = False
-    sync_bn: bool = True
+    sync_bn: Optional[bool] = None
     log_every_steps: int = 20
     checkpoint_every_epochs: int = 1
     checkpoint_every_steps: Optional[int] = None

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from siamssl.data.datasets import ImageSplit, LabeledImages
 from siamssl.data.loader import eval_batches
-from siamssl.distributed import all_reduce_sum, is_distributed, world_size
+from siamssl.distributed import all_reduce_sum, gather_no_grad, is_distributed, world_size
 from siamssl.eval.features import measure_representation
 from siamssl.eval.knn import extract_features, knn_accuracy
 from siamssl.eval.linear import LinearClassifier
@@ -130,6 +130,7 @@ class EmbeddingStdMonitor(Monitor):
     def on_step(self, batch: Batch, outputs: dict[str, Tensor]) -> None:
         embedding = outputs.get("embedding")
         if embedding is not None:
+            embedding = gather_no_grad(embedding)  # the global batch's statistic, whatever the world size
             self.total += F.normalize(embedding.float(), dim=1).std(dim=0).mean().double()
             self.count += 1
 

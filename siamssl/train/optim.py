@@ -6,7 +6,6 @@ import math
 from typing import Iterable
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
 
 from siamssl.methods.base import ParamGroup
@@ -38,28 +37,38 @@ class LARS(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
+        """One step for every parameter of a group at once (``torch._foreach_*``): the same
+        operations, in the same order, as the per-parameter rule above, in a handful of kernel
+        launches per group and without reading anything back to the host."""
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad: Tensor = p.grad
-                if group["weight_decay"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                if group["lars_adapt"]:
-                    param_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
-                    trust = torch.where(
-                        (param_norm > 0) & (grad_norm > 0), group["eta"] * param_norm / grad_norm, torch.ones_like(param_norm)
-                    )
-                    if group["lars_clip"]:
-                        trust = trust.div(group["lr"]).clamp(max=1.0) if group["lr"] > 0 else torch.ones_like(trust)
-                    grad = grad.mul(trust)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars_adapt"]:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                grad_norms = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where(
+                    (param_norms > 0) & (grad_norms > 0), group["eta"] * param_norms / grad_norms, torch.ones_like(param_norms)
+                )
+                if group["lars_clip"]:
+                    trust = trust.div(group["lr"]).clamp(max=1.0) if group["lr"] > 0 else torch.ones_like(trust)
+                grads = torch._foreach_mul(grads, list(trust.unbind(0)))
+            buffers, updates = [], []
+            for p, grad in zip(params, grads):
                 state = self.state[p]
-                if "momentum_buffer" not in state:
+                if "momentum_buffer" not in state:  # first step: the buffer starts at the update itself
                     state["momentum_buffer"] = torch.clone(grad).detach()
                 else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    buffers.append(state["momentum_buffer"])
+                    updates.append(grad)
+            if buffers:
+                torch._foreach_mul_(buffers, group["momentum"])
+                torch._foreach_add_(buffers, updates)
+            torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])
         return loss
 
 
@@ -95,13 +104,20 @@ def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
                     lars_adapt=is_matrix and not group.exclude_from_lars,
                 )
             )
+    # Multi-tensor (foreach) updates: a few kernels per group instead of several per parameter.
+    # AdamW's fused kernel needs every parameter on a GPU.
     if cfg.name == "sgd":
-        return torch.optim.SGD(torch_groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            torch_groups, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, foreach=True
+        )
     if cfg.name == "lars":
         return LARS(
             torch_groups, lr=peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta, clip=cfg.lars_clip
         )
-    return torch.optim.AdamW(torch_groups, lr=peak_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    on_gpu = all(p.is_cuda for group in torch_groups for p in group["params"])
+    return torch.optim.AdamW(
+        torch_groups, lr=peak_lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **({"fused": True} if on_gpu else {"foreach": True})
+    )
 
 
 def schedule_factor(step: int, total_steps: int, steps_per_epoch: int, cfg) -> float:

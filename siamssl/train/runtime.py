@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import random
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from siamssl.distributed import is_main_process
+from siamssl.distributed import is_distributed, is_main_process
 from siamssl.errors import ConfigError
 
 
@@ -21,8 +23,25 @@ def init_distributed(device_setting: str) -> None:
         return
     use_cuda = torch.cuda.is_available() and device_setting in ("auto", "cuda")
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank())
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+
+
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@contextmanager
+def local_main_first() -> Iterator[None]:
+    """Run the body on each machine's first process, then on the others (downloads, caches)."""
+    if is_distributed() and local_rank() != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if is_distributed() and local_rank() == 0:
+            dist.barrier()
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -33,7 +52,7 @@ def resolve_device(setting: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"trainer.device={setting} but CUDA is not available; use trainer.device=cpu")
         if setting == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", local_rank())
     try:
         return torch.device(setting)
     except RuntimeError:

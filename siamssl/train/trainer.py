@@ -3,6 +3,7 @@ monitors only through :class:`siamssl.train.monitors.Monitor`; both are found by
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -20,8 +21,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from siamssl.backbones import build_backbone
-from siamssl.data import TrainLoader, build_dataset, view_transforms
-from siamssl.distributed import all_reduce_sum, is_distributed, is_main_process, rank, world_size
+from siamssl.data import build_dataset, build_train_loader
+from siamssl.distributed import (
+    all_reduce_mean,
+    all_reduce_sum,
+    convert_sync_batchnorm,
+    is_distributed,
+    is_main_process,
+    rank,
+    world_size,
+)
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
 from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
 from siamssl.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
@@ -35,9 +44,18 @@ from siamssl.train.optim import (
     set_weight_decays,
     weight_decay_at,
 )
-from siamssl.train.runtime import init_distributed, message, resolve_device, seed_everything
+from siamssl.train.runtime import init_distributed, local_main_first, message, resolve_device, seed_everything
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Buffers are not overwritten with rank 0's at every forward: with SyncBatchNorm the running
+# statistics are already equal on every rank, and queues/centres are updated from gathered tensors.
+# (Newer torch spells the option forward_sync_buffers; both still sync once at construction.)
+_NO_BUFFER_BROADCAST = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class Interrupted(SiamSSLError):
@@ -75,21 +93,19 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         resume_from = self._resume_path()
+        if is_distributed():  # every rank decides on the run directory before rank 0 writes to it
+            dist.barrier()
         seed_everything(cfg.seed)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
 
-        self.data = build_dataset(cfg.data)
+        with local_main_first():  # one download / decoding per machine; the other ranks read its cache
+            self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
-        self.loader = TrainLoader(
-            self.data.train,
-            view_transforms(augment, self.data.mean, self.data.std),
-            cfg.data.batch_size,
-            cfg.seed,
-            cfg.data.num_workers,
-            rank(),
-            world_size(),
-            self.device,
+        self.loader = build_train_loader(
+            self.data.train, cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
@@ -112,14 +128,16 @@ class Trainer:
         self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
         if cfg.trainer.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
-        if is_distributed() and cfg.trainer.sync_bn:
-            self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self.sync_bn = cfg.trainer.sync_bn if cfg.trainer.sync_bn is not None else type(self.method).default_sync_bn
+        if is_distributed() and self.sync_bn:
+            self.method = convert_sync_batchnorm(self.method, self.device)
         if cfg.trainer.compile:
-            self.method.backbone.compile()
+            mode = None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode
+            self.method.backbone.compile(backend=cfg.trainer.compile_backend, mode=mode)
         self.model: nn.Module = self.method
         if is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None, **_NO_BUFFER_BROADCAST
             )
 
         peak_lr = peak_learning_rate(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr_scaling)
@@ -248,7 +266,8 @@ class Trainer:
         cfg = self.cfg
         message(
             f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.train)} images, {self.steps_per_epoch} steps/epoch, "
-            f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es), "
+            f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es)"
+            f"{' with SyncBatchNorm' if is_distributed() and self.sync_bn else ''}, "
             f"device {self.device}, {cfg.trainer.precision}; run dir {self.run_dir}"
         )
         if self.global_step == 0 and not self.initial_metrics:
@@ -338,7 +357,10 @@ class Trainer:
         self._check_finite()
         elapsed = time.perf_counter() - self._window_start
         keys = sorted(self._window)
-        values = torch.stack([self._window[k] for k in keys]).cpu() / max(1, self._window_steps) if keys else torch.zeros(0)
+        values = torch.stack([self._window[k] for k in keys]) / max(1, self._window_steps) if keys else torch.zeros(0)
+        if keys and is_distributed():  # the mean of the ranks' losses is the global-batch loss
+            values = all_reduce_mean(values)
+        values = values.cpu()
         record: dict[str, Any] = {"step": self.global_step, "epoch": self.epoch}
         record.update({k: float(v) for k, v in zip(keys, values)})
         scheduled = [g["lr"] for g in self.optimizer.param_groups if not g["fixed_lr"]] or [g["lr"] for g in self.optimizer.param_groups]

@@ -80,3 +80,72 @@ def test_sgd_weight_decay_applies_to_all_by_default():
     model = _model()
     opt = build_optimizer([ParamGroup("all", list(model.parameters()))], replace(OptimConfig(), weight_decay=5e-4), 0.1)
     assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 5e-4
+
+
+# ------------------------------------------------- the multi-tensor LARS is the per-parameter rule
+
+
+@torch.no_grad()
+def reference_lars_step(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The per-parameter LARS (Barlow Twins / VICReg code; LARC clipping), one parameter at a time."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = p.grad
+            if group["weight_decay"]:
+                grad = grad.add(p, alpha=group["weight_decay"])
+            if group["lars_adapt"]:
+                param_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                trust = torch.where((param_norm > 0) & (grad_norm > 0), group["eta"] * param_norm / grad_norm, torch.ones_like(param_norm))
+                if group["lars_clip"]:
+                    trust = trust.div(group["lr"]).clamp(max=1.0) if group["lr"] > 0 else torch.ones_like(trust)
+                grad = grad.mul(trust)
+            if p not in state:
+                state[p] = torch.clone(grad)
+            else:
+                state[p].mul_(group["momentum"]).add_(grad)
+            p.add_(state[p], alpha=-group["lr"])
+
+
+def _lars_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4), nn.Linear(4, 3, bias=False))
+    nn.init.zeros_(model[3].weight)  # a zero parameter: trust ratio 1 (‖w‖ = 0)
+    model[4].weight.requires_grad_(False)  # never gets a gradient
+    return model
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_foreach_lars_equals_per_parameter_lars(clip):
+    models = [_lars_model(0), _lars_model(0)]
+    optimizers = []
+    for model in models:
+        groups = [ParamGroup("body", list(model[:3].parameters())), ParamGroup("head", list(model[3:].parameters()), exclude_from_lars=True)]
+        optimizers.append(build_optimizer(groups, OptimConfig(name="lars", weight_decay=1e-2, lars_eta=0.02, lars_clip=clip), peak_lr=0.5))
+    assert isinstance(optimizers[0], LARS) and {g["lars_adapt"] for g in optimizers[0].param_groups} == {True, False}
+    reference_state: dict = {}
+    generator = torch.Generator().manual_seed(1)
+    for step in range(6):
+        x = torch.randn(16, 6, generator=generator)
+        for model in models:
+            model.zero_grad(set_to_none=True)
+            model(x).square().mean().backward()
+            if step == 2:  # a step where one parameter has no gradient: it must stay untouched
+                model[0].bias.grad = None
+        set_learning_rates(optimizers[0], 1.0 - step / 6)
+        set_learning_rates(optimizers[1], 1.0 - step / 6)
+        optimizers[0].step()
+        reference_lars_step(optimizers[1], reference_state)
+        for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+            assert torch.equal(a, b), (step, name)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        if p in optimizers[0].state:
+            assert torch.equal(optimizers[0].state[p]["momentum_buffer"], reference_state[q])
+    assert not torch.equal(models[0][3].weight, torch.zeros(4, 8))  # the zero parameter moved
+
+
+def test_sgd_and_adamw_use_multi_tensor_updates():
+    params = [ParamGroup("all", list(_lars_model(0).parameters()))]
+    assert build_optimizer(params, OptimConfig(name="sgd"), peak_lr=0.1).defaults["foreach"] is True
+    assert build_optimizer(params, OptimConfig(name="adamw"), peak_lr=0.1).defaults["foreach"] is True  # fused on a GPU
