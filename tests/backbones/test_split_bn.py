@@ -1,6 +1,7 @@
 """SplitBatchNorm equals BatchNorm applied to each contiguous split (outputs, gradients, running
 statistics as the mean of the per-split updates), is plain BN in eval mode, keeps BatchNorm's state
-names, and survives the trainer's SyncBatchNorm conversion."""
+names, and survives the trainer's SyncBatchNorm conversion. (Its cross-rank running statistics are
+tested by the 2-process MoCo equivalence in tests/distributed.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from siamssl.backbones import SplitBatchNorm, convert_split_batchnorm
+from siamssl.distributed import convert_sync_batchnorm
 
 
 @pytest.mark.parametrize("shape", [(12, 5), (8, 4, 3, 3)])
@@ -61,10 +63,10 @@ def test_conversion_replaces_every_batchnorm_and_sync_bn_leaves_it_alone():
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4 * 4)))
     convert_split_batchnorm(net, 2)
     assert isinstance(net[1], SplitBatchNorm) and isinstance(net[2][1], SplitBatchNorm) and net[1].num_splits == 2
-    converted = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    assert not any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
+    converted = convert_sync_batchnorm(net)  # the trainer's trainer.sync_bn conversion
+    assert isinstance(converted[1], SplitBatchNorm) and isinstance(converted[2][1], SplitBatchNorm)
 
 
 def test_uneven_batch_is_a_clear_error():
-    with pytest.raises(ValueError, match="a batch of 6 cannot be split into 4"):
+    with pytest.raises(ValueError, match="batch of 6 does not split into 4"):
         SplitBatchNorm(3, 4)(torch.randn(6, 3))
