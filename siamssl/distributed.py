@@ -182,6 +182,19 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     (N, C, H, W) and (N, C, D, H, W) inputs; the output has the input's dtype.
     """
 
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, num_splits: int) -> "SplitBatchNorm":
+        """A SplitBatchNorm with ``bn``'s parameters, running statistics and hyper-parameters."""
+        if not bn.track_running_stats:
+            raise ValueError("SplitBatchNorm needs a BatchNorm that tracks running statistics")
+        split = cls(bn.num_features, num_splits, bn.eps, bn.momentum, bn.affine)
+        split = split.to(device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        split.load_state_dict(bn.state_dict())
+        if bn.affine:
+            split.weight.requires_grad_(bn.weight.requires_grad)
+            split.bias.requires_grad_(bn.bias.requires_grad)
+        return split
+
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
@@ -228,8 +241,11 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     Training outputs and gradients equal those of ``num_splits`` ranks each running
     ``nn.BatchNorm`` on its chunk; the running statistics are updated with the mean over chunks of
-    the per-chunk statistics. Evaluation mode uses the running statistics like ``nn.BatchNorm``.
-    Not converted by :func:`convert_sync_batchnorm`.
+    the per-chunk statistics, and under torch.distributed also averaged over ranks, so W processes
+    with ``S`` splits each keep the running statistics of one process with ``W·S`` splits (the
+    official MoCo code keeps rank 0's instead; the checkpoint then depends on the world size).
+    Evaluation mode uses the running statistics like ``nn.BatchNorm``. Not converted by
+    :func:`convert_sync_batchnorm`; its state dict loads into a plain BatchNorm.
     """
 
     def __init__(self, num_features: int, num_splits: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True) -> None:
@@ -238,12 +254,25 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"num_splits must be >= 1, got {num_splits}")
         self.num_splits = num_splits
 
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, num_splits: int) -> "SplitBatchNorm":
+        """A SplitBatchNorm with ``bn``'s parameters, running statistics and hyper-parameters."""
+        if not bn.track_running_stats:
+            raise ValueError("SplitBatchNorm needs a BatchNorm that tracks running statistics")
+        split = cls(bn.num_features, num_splits, bn.eps, bn.momentum, bn.affine)
+        split = split.to(device=bn.running_mean.device, dtype=bn.running_mean.dtype)
+        split.load_state_dict(bn.state_dict())
+        if bn.affine:
+            split.weight.requires_grad_(bn.weight.requires_grad)
+            split.bias.requires_grad_(bn.bias.requires_grad)
+        return split
+
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: Tensor) -> Tensor:
-        if not self.training or self.num_splits == 1:
+        if not self.training:
             return super().forward(input)
         self._check_input_dim(input)
         n, c = input.shape[0], input.shape[1]
@@ -262,8 +291,10 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         bias = self.bias.repeat(self.num_splits) if self.bias is not None else None
         out = F.batch_norm(folded, running_mean, running_var, weight, bias, True, factor, self.eps)
         with torch.no_grad():
-            self.running_mean.copy_(running_mean.view(self.num_splits, c).mean(dim=0))
-            self.running_var.copy_(running_var.view(self.num_splits, c).mean(dim=0))
+            statistics = torch.stack([running_mean.view(self.num_splits, c).mean(dim=0), running_var.view(self.num_splits, c).mean(dim=0)])
+            all_reduce_mean(statistics)
+            self.running_mean.copy_(statistics[0])
+            self.running_var.copy_(statistics[1])
         out = out.reshape(n // self.num_splits, self.num_splits, c, *rest).transpose(0, 1)
         return out.reshape(input.shape)
 

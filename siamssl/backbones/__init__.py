@@ -1,10 +1,27 @@
 """Backbones by name: ``build_backbone("resnet18", cifar_stem=True) -> (module, feature_dim)``.
 
-Registered: resnet18, resnet34, resnet50 (torchvision, fc removed), resnet_narrow (small, for CPU).
+Registered: resnet18, resnet34, resnet50 (torchvision, fc removed), resnet_narrow (small, for CPU),
+vit_tiny, vit_small (torchvision ViT, [CLS] feature). :mod:`siamssl.backbones.split_bn` holds the
+split BatchNorm of MoCo's Shuffle-BN.
 """
 
 from siamssl.backbones import resnet as _resnet  # noqa: F401  (registers the ResNets)
+from siamssl.backbones import vit as _vit  # noqa: F401  (registers the ViTs)
 from siamssl.backbones.registry import BACKBONES, build_backbone
 from siamssl.backbones.resnet import NarrowResNet, NarrowResNetConfig, ResNetConfig
+from siamssl.backbones.split_bn import SplitBatchNorm, convert_split_batchnorm
+from siamssl.backbones.vit import ViTConfig, ViTTinyConfig, build_vit, sincos_position_embedding
 
-__all__ = ["BACKBONES", "NarrowResNet", "NarrowResNetConfig", "ResNetConfig", "build_backbone"]
+__all__ = [
+    "BACKBONES",
+    "NarrowResNet",
+    "NarrowResNetConfig",
+    "ResNetConfig",
+    "SplitBatchNorm",
+    "ViTConfig",
+    "ViTTinyConfig",
+    "build_backbone",
+    "build_vit",
+    "convert_split_batchnorm",
+    "sincos_position_embedding",
+]

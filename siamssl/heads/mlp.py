@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from torch import nn
 
-OutputNorm = Literal["none", "bn", "bn_no_affine"]
+OutputNorm = Literal["none", "bn", "bn_no_affine", "bn_no_beta"]
 Activation = Literal["relu", "gelu"]
 
 
@@ -25,8 +25,9 @@ def build_mlp(
 
     Args:
         hidden_bn: BatchNorm1d after each hidden Linear (SimSiam, BYOL, MoCo v3, SimCLR; not MoCo v2).
-        output_norm: ``"bn"`` or ``"bn_no_affine"`` (BN without γ/β, SimSiam/MoCo v3 projectors) after
-            the last Linear, or ``"none"``.
+        output_norm: ``"bn"``, ``"bn_no_affine"`` (BN without γ/β, SimSiam/MoCo v3 projectors) or
+            ``"bn_no_beta"`` (BN with γ but no β, TF's ``center=False``: SimCLR's projector) after the
+            last Linear, or ``"none"``.
         hidden_bias / output_bias: bias of the hidden / last Linear layers. Default: a bias only when no
             BN follows, since BN's mean subtraction cancels it (SimSiam sets ``requires_grad=False`` on
             that bias for the same reason). Pass True to reproduce code that keeps it (BYOL, VICReg).
@@ -49,8 +50,12 @@ def build_mlp(
         layers.append(nn.BatchNorm1d(out_dim))
     elif output_norm == "bn_no_affine":
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
+    elif output_norm == "bn_no_beta":
+        norm = nn.BatchNorm1d(out_dim)
+        norm.bias.requires_grad_(False)  # β stays 0: only the γ scale is learned
+        layers.append(norm)
     elif output_norm != "none":
-        raise ValueError(f"output_norm must be 'none', 'bn' or 'bn_no_affine', got {output_norm!r}")
+        raise ValueError(f"output_norm must be 'none', 'bn', 'bn_no_affine' or 'bn_no_beta', got {output_norm!r}")
     return nn.Sequential(*layers)
 
 
@@ -94,6 +99,14 @@ def moco_v3_predictor(dim: int = 256, hidden_dim: int = 4096, output_bn: bool = 
     )
 
 
+def simclr_projector(in_dim: int, hidden_dim: int | None = None, out_dim: int = 128, num_layers: int = 3) -> nn.Sequential:
+    """SimCLR projector (google-research/simclr ``ProjectionHead``; v1 ``model_util.projection_head``):
+    ``num_layers - 1`` × [Linear(hidden, no bias) + BN + ReLU], then Linear(out_dim, no bias) + BN with
+    γ and no β (``center=False``). ``hidden_dim`` defaults to ``in_dim`` as in the code (2048 for a
+    ResNet-50). 2 layers = SimCLR v1, 3 = SimCLR v2 (the code's default since v2)."""
+    return build_mlp(in_dim, hidden_dim or in_dim, out_dim, num_layers=num_layers, output_norm="bn_no_beta")
+
+
 def barlow_twins_projector(in_dim: int, dim: int = 8192, num_layers: int = 3) -> nn.Sequential:
     """Barlow Twins projector (facebookresearch/barlowtwins ``main.py``, ``--projector 8192-8192-8192``):
     [Linear(no bias) + BN + ReLU] × (num_layers − 1) → Linear(no bias). The affine-free BN that the
@@ -124,4 +137,5 @@ HEAD_PRESETS = {
     "barlow_twins_projector": barlow_twins_projector,
     "vicreg_expander": vicreg_expander,
     "swav_projector": swav_projector,
+    "simclr_projector": simclr_projector,
 }

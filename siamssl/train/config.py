@@ -29,8 +29,9 @@ class OptimConfig:
     The peak learning rate is ``base_lr × data.batch_size / 256`` (``lr_scaling: linear``, the rule of
     SimSiam, MoCo v3, BYOL, Barlow Twins...) or ``base_lr`` itself (``none``: MoCo v2, SwAV).
     ``schedule_unit: epoch`` changes the rate once per epoch (SimSiam/MoCo v2 code), ``step`` every
-    step. ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation) for 1-D parameters;
-    default True for LARS and False for SGD/AdamW.
+    step. ``schedule: step`` multiplies the rate by ``step_gamma`` at each epoch of ``step_milestones``
+    (MoCo v1: ×0.1 at 120 and 160). ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation)
+    for 1-D parameters; default True for LARS and False for SGD/AdamW.
     ``weight_decay_end``: when set, the weight decay of the decayed groups follows a per-step cosine
     from ``weight_decay`` to this value (DINO: 0.04 → 0.4); groups excluded from decay or with their
     own ``weight_decay`` keep theirs.
@@ -49,8 +50,10 @@ class OptimConfig:
     lars_eta: float = 0.001
     lars_clip: bool = False
     exclude_bias_and_norm: Optional[bool] = None
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
     schedule_unit: Literal["step", "epoch"] = "step"
+    step_milestones: list[float] = field(default_factory=list)
+    step_gamma: float = 0.1
     warmup_epochs: float = 0.0
     warmup_start_ratio: float = 0.0
     min_lr_ratio: float = 0.0

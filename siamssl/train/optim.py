@@ -122,7 +122,8 @@ def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
 
 def schedule_factor(step: int, total_steps: int, steps_per_epoch: int, cfg) -> float:
     """Multiplier of the peak rate at ``step``: linear warmup from ``warmup_start_ratio`` over
-    ``warmup_epochs``, then cosine (or constant) down to ``min_lr_ratio``."""
+    ``warmup_epochs``, then cosine down to ``min_lr_ratio``, constant, or ``step_gamma`` per passed
+    epoch milestone."""
     if cfg.schedule_unit == "epoch":
         step = (step // steps_per_epoch) * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -130,6 +131,9 @@ def schedule_factor(step: int, total_steps: int, steps_per_epoch: int, cfg) -> f
         return cfg.warmup_start_ratio + (1.0 - cfg.warmup_start_ratio) * step / warmup
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "step":
+        epoch = step / steps_per_epoch
+        return cfg.step_gamma ** sum(epoch >= milestone for milestone in cfg.step_milestones)
     progress = (step - warmup) / max(1, total_steps - warmup)
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 

@@ -1,0 +1,124 @@
+"""Vision Transformers: torchvision's ``VisionTransformer`` at tiny/small size, returning the [CLS]
+feature (the classification head is removed), with MoCo v3's options.
+
+``vit_small``/``vit_tiny`` follow DeiT's sizes (Touvron et al. 2021): 384-d/6 heads and 192-d/3
+heads, 12 blocks, MLP ratio 4. MoCo v3's ViT-S uses 12 heads (facebookresearch/moco-v3 ``vits.py``),
+which ``num_heads: 12`` reproduces. For 32-pixel inputs use ``patch_size: 4`` (64 tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+from siamssl.backbones.registry import BACKBONES
+from siamssl.errors import ConfigError
+
+
+@dataclass
+class ViTConfig:
+    """Options of the ViT backbones (defaults: ViT-Small/16 at 224 px).
+
+    ``image_size``: the input size, fixed (the position embedding has one entry per patch).
+    ``patch_size``: 16 for ImageNet, 4 for 32-px CIFAR images.
+    ``hidden_dim``/``num_layers``/``num_heads``/``mlp_ratio``: the transformer's size.
+    ``pos_embedding``: ``learned`` (torchvision) or ``sincos``, MoCo v3's fixed 2-D sin-cos embedding.
+    ``init``: ``torchvision`` or ``mocov3`` (xavier-uniform Linear layers with Q, K, V initialized as
+    three matrices, zero biases, [CLS] ~ N(0, 1e-6), xavier-uniform patch projection; moco-v3 ``vits.py``).
+    ``freeze_patch_embedding``: keep the patch projection at its random initialization (MoCo v3's
+    ``--stop-grad-conv1``, which stabilizes ViT training, paper §4.3).
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    hidden_dim: int = 384
+    num_layers: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    pos_embedding: Literal["learned", "sincos"] = "learned"
+    init: Literal["torchvision", "mocov3"] = "torchvision"
+    freeze_patch_embedding: bool = False
+
+
+@dataclass
+class ViTTinyConfig(ViTConfig):
+    """ViT-Tiny: 192-d, 3 heads."""
+
+    hidden_dim: int = 192
+    num_heads: int = 3
+
+
+def sincos_position_embedding(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """MoCo v3's fixed 2-D sin-cos embedding, (1, 1 + grid², dim): a zero row for [CLS], then for the
+    patch at (row, col), ``[sin(row·ω), cos(row·ω), sin(col·ω), cos(col·ω)]`` with
+    ``ω_d = temperature^(-d/(dim/4))``."""
+    if dim % 4:
+        raise ConfigError(f"backbone.hidden_dim={dim} must be divisible by 4 for the sin-cos position embedding")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid_size, dtype=torch.float32), torch.arange(grid_size, dtype=torch.float32), indexing="ij")
+    row_angles = rows.flatten()[:, None] * omega[None, :]
+    col_angles = cols.flatten()[:, None] * omega[None, :]
+    patches = torch.cat([row_angles.sin(), row_angles.cos(), col_angles.sin(), col_angles.cos()], dim=1)
+    return torch.cat([torch.zeros(1, dim), patches], dim=0)[None]
+
+
+def _mocov3_init_(model: VisionTransformer) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):
+            # The (3D, D) in-projection is three D×D matrices: xavier bound of one, not of the stack.
+            bound = math.sqrt(6.0 / (module.in_proj_weight.shape[0] // 3 + module.in_proj_weight.shape[1]))
+            nn.init.uniform_(module.in_proj_weight, -bound, bound)
+            nn.init.zeros_(module.in_proj_bias)
+    nn.init.normal_(model.class_token, std=1e-6)
+    conv = model.conv_proj
+    bound = math.sqrt(6.0 / (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] + conv.out_channels))
+    nn.init.uniform_(conv.weight, -bound, bound)
+    nn.init.zeros_(conv.bias)
+
+
+def build_vit(cfg: ViTConfig) -> tuple[nn.Module, int]:
+    """A torchvision ``VisionTransformer`` whose forward returns the (B, hidden_dim) [CLS] feature."""
+    if cfg.image_size % cfg.patch_size:
+        raise ConfigError(f"backbone.image_size={cfg.image_size} is not divisible by backbone.patch_size={cfg.patch_size}")
+    if cfg.hidden_dim % cfg.num_heads:
+        raise ConfigError(f"backbone.hidden_dim={cfg.hidden_dim} is not divisible by backbone.num_heads={cfg.num_heads}")
+    model = VisionTransformer(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        hidden_dim=cfg.hidden_dim,
+        mlp_dim=int(cfg.hidden_dim * cfg.mlp_ratio),
+    )
+    model.heads = nn.Identity()
+    if cfg.init == "mocov3":
+        _mocov3_init_(model)
+    if cfg.pos_embedding == "sincos":
+        with torch.no_grad():
+            model.encoder.pos_embedding.copy_(sincos_position_embedding(cfg.image_size // cfg.patch_size, cfg.hidden_dim))
+        model.encoder.pos_embedding.requires_grad_(False)
+    if cfg.freeze_patch_embedding:
+        model.conv_proj.requires_grad_(False)
+    return model, cfg.hidden_dim
+
+
+@BACKBONES.register("vit_small", config=ViTConfig)
+def vit_small(cfg: ViTConfig) -> tuple[nn.Module, int]:
+    """ViT-Small (384-d, 12 blocks, 6 heads), [CLS] feature."""
+    return build_vit(cfg)
+
+
+@BACKBONES.register("vit_tiny", config=ViTTinyConfig)
+def vit_tiny(cfg: ViTTinyConfig) -> tuple[nn.Module, int]:
+    """ViT-Tiny (192-d, 12 blocks, 3 heads), [CLS] feature."""
+    return build_vit(cfg)

@@ -1,0 +1,72 @@
+"""ViT backbones: [CLS] features of torchvision's VisionTransformer (head removed), MoCo v3's fixed
+sin-cos positions, initialization and frozen random patch projection (no gradient, never updated)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from siamssl.backbones import build_backbone, sincos_position_embedding
+from siamssl.errors import ConfigError
+
+TINY = dict(image_size=8, patch_size=4, hidden_dim=16, num_layers=2, num_heads=2)
+
+
+def test_returns_cls_feature_of_the_configured_width():
+    model, dim = build_backbone("vit_tiny", **TINY)
+    assert dim == 16 and model(torch.randn(3, 3, 8, 8)).shape == (3, 16)
+    small, small_dim = build_backbone("vit_small", image_size=32, patch_size=4, num_layers=1)
+    assert small_dim == 384 and small.encoder.layers[0].self_attention.num_heads == 6
+    assert small.encoder.pos_embedding.shape == (1, 1 + 64, 384)
+    tiny, tiny_dim = build_backbone("vit_tiny", image_size=32, patch_size=4, num_layers=1)
+    assert tiny_dim == 192 and tiny.encoder.layers[0].self_attention.num_heads == 3
+
+
+def test_sincos_positions_follow_the_formula_and_are_frozen():
+    table = sincos_position_embedding(grid_size=3, dim=8)
+    assert table.shape == (1, 10, 8) and torch.count_nonzero(table[0, 0]) == 0
+    row, col = 1, 2  # patch 1·3 + 2 = 5 → token 6
+    omega = [1.0, 1.0 / 10000 ** 0.5]
+    expected = [math.sin(row * w) for w in omega] + [math.cos(row * w) for w in omega]
+    expected += [math.sin(col * w) for w in omega] + [math.cos(col * w) for w in omega]
+    torch.testing.assert_close(table[0, 6], torch.tensor(expected))
+    model, _ = build_backbone("vit_tiny", pos_embedding="sincos", **TINY)
+    assert not model.encoder.pos_embedding.requires_grad
+    torch.testing.assert_close(model.encoder.pos_embedding.detach(), sincos_position_embedding(2, 16))
+
+
+def test_mocov3_init_treats_q_k_v_as_three_matrices():
+    torch.manual_seed(0)
+    model, _ = build_backbone("vit_tiny", init="mocov3", **TINY)
+    attention = model.encoder.layers[0].self_attention
+    bound = math.sqrt(6.0 / (16 + 16))  # one 16×16 block, not the 48×16 stack (sqrt(6/64))
+    largest = float(attention.in_proj_weight.detach().abs().max())
+    assert 0.9 * bound < largest <= bound
+    assert torch.count_nonzero(attention.in_proj_bias) == 0
+    assert float(model.class_token.detach().abs().max()) < 1e-5
+    conv_bound = math.sqrt(6.0 / (3 * 4 * 4 + 16))
+    assert float(model.conv_proj.weight.detach().abs().max()) <= conv_bound
+
+
+def test_frozen_patch_embedding_gets_no_gradient_and_never_moves():
+    torch.manual_seed(0)
+    model, _ = build_backbone("vit_tiny", freeze_patch_embedding=True, **TINY)
+    frozen = [p.clone() for p in model.conv_proj.parameters()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 8, 8)).pow(2).sum().backward()
+        optimizer.step()
+    assert all(p.grad is None and not p.requires_grad for p in model.conv_proj.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(frozen, model.conv_proj.parameters()))
+    assert model.encoder.layers[0].mlp[0].weight.grad is not None
+
+
+def test_bad_sizes_are_config_errors():
+    with pytest.raises(ConfigError, match="image_size=30 is not divisible by backbone.patch_size=4"):
+        build_backbone("vit_tiny", image_size=30, patch_size=4)
+    with pytest.raises(ConfigError, match="hidden_dim=18 is not divisible by backbone.num_heads=4"):
+        build_backbone("vit_tiny", image_size=8, patch_size=4, hidden_dim=18, num_heads=4)
