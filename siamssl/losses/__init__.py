@@ -21,6 +21,7 @@ from siamssl.losses.nce import (
 )
 from siamssl.losses.ntxent import NTXentLoss, nt_xent
 from siamssl.losses.swav import SwAVLoss, sinkhorn_knopp, swav_loss
+from siamssl.losses.unigrad import UniGradLoss, unigrad_correlation, unigrad_loss
 from siamssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "NegativeCosineLoss",
     "NormalizedMSELoss",
     "SwAVLoss",
+    "UniGradLoss",
     "VICRegLoss",
     "barlow_twins_loss",
     "dino_loss",
@@ -47,5 +49,7 @@ __all__ = [
     "sampled_softmax_loss",
     "sinkhorn_knopp",
     "swav_loss",
+    "unigrad_correlation",
+    "unigrad_loss",
     "vicreg_loss",
 ]

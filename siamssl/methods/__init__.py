@@ -14,6 +14,7 @@ from siamssl.methods import simclr as _simclr  # noqa: F401  (registers "simclr"
 from siamssl.methods import simsiam as _simsiam  # noqa: F401  (registers "simsiam")
 from siamssl.methods import swav as _swav  # noqa: F401  (registers "swav")
 from siamssl.methods import vicreg as _vicreg  # noqa: F401  (registers "vicreg")
+from siamssl.methods import unigrad as _unigrad  # noqa: F401  (registers "unigrad")
 from siamssl.methods.barlow_twins import BarlowTwins
 from siamssl.methods.base import Batch, MethodContext, ParamGroup, SSLMethod, TrainingProgress
 from siamssl.methods.byol import BYOL
@@ -26,6 +27,7 @@ from siamssl.methods.registry import METHODS, build_method, register_method
 from siamssl.methods.simclr import SimCLR
 from siamssl.methods.simsiam import SimSiam
 from siamssl.methods.swav import SwAV
+from siamssl.methods.unigrad import UniGrad
 from siamssl.methods.vicreg import VICReg
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "SimSiam",
     "SwAV",
     "TrainingProgress",
+    "UniGrad",
     "VICReg",
     "build_method",
     "register_method",

@@ -12,19 +12,23 @@ forward passes in training mode. The two views go through each network separatel
 statistics are per view (``apply_once_fn`` per view; concatenating them changes results, mmselfsup
 issue #65). The asymmetric augmentations (blur 1.0/0.1, solarize 0/0.2) live in the data config.
 
+``predictor: directpred`` replaces the learned predictor by DirectPred's linear one, set from the
+correlation of the online projections (Tian et al., ICML 2021, whose official code is BYOL-based;
+:mod:`siamssl.heads.directpred`).
+
 The official target is initialized from a different random seed ("we did not notice a significant
 difference with using the same rng"); here it starts as a copy, like every other momentum method.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from siamssl.heads import byol_mlp
+from siamssl.heads import DirectPredictor, DirectPredOptions, byol_mlp
 from siamssl.losses import normalized_mse
 from siamssl.methods.base import Batch, MethodContext, SSLMethod, TrainingProgress
 from siamssl.methods.momentum import cosine_momentum, ema_update_, make_target
@@ -43,6 +47,9 @@ class BYOL(SSLMethod):
             300 epochs, 0.97 for 40).
         momentum_schedule: ``cosine`` raises τ to 1 over training (the paper); ``constant`` keeps τ_base
             (lucidrains/byol-pytorch).
+        predictor: ``learned`` (the MLP above) or ``directpred`` (linear, set from the projections'
+            correlation after every ``directpred.freq`` optimizer steps, never trained).
+        directpred: ρ, ε and update frequency of the DirectPred predictor.
         """
 
         proj_hidden_dim: int = 4096
@@ -50,6 +57,8 @@ class BYOL(SSLMethod):
         pred_hidden_dim: int = 4096
         momentum: float = 0.996
         momentum_schedule: Literal["cosine", "constant"] = "cosine"
+        predictor: Literal["learned", "directpred"] = "learned"
+        directpred: DirectPredOptions = field(default_factory=DirectPredOptions)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: "BYOL.Config") -> None:
         super().__init__()
@@ -57,7 +66,11 @@ class BYOL(SSLMethod):
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.projector = byol_mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim)
-        self.predictor = byol_mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        self.predictor: nn.Module = (
+            DirectPredictor(cfg.proj_dim, cfg.directpred)
+            if cfg.predictor == "directpred"
+            else byol_mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        )
         self.target_backbone = make_target(backbone)
         self.target_projector = make_target(self.projector)
 
@@ -75,6 +88,8 @@ class BYOL(SSLMethod):
         x1, x2 = batch.views[0], batch.views[1]
         f1, f2 = self.backbone(x1), self.backbone(x2)
         z1, z2 = self.projector(f1), self.projector(f2)
+        if isinstance(self.predictor, DirectPredictor) and self.training:
+            self.predictor.observe(z1, z2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             t1 = self.target_projector(self.target_backbone(x1))
@@ -86,3 +101,5 @@ class BYOL(SSLMethod):
         tau = self.momentum_at(progress.step, progress.total_steps)
         ema_update_(self.target_backbone, self.backbone, tau)
         ema_update_(self.target_projector, self.projector, tau)
+        if isinstance(self.predictor, DirectPredictor):
+            self.predictor.update()

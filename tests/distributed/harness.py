@@ -47,6 +47,7 @@ from siamssl.losses import (
     NormalizedMSELoss,
     NTXentLoss,
     SwAVLoss,
+    UniGradLoss,
     VICRegLoss,
     barlow_twins_loss,
     dino_loss,
@@ -61,6 +62,8 @@ from siamssl.losses import (
     sampled_softmax_loss,
     sinkhorn_knopp,
     swav_loss,
+    unigrad_correlation,
+    unigrad_loss,
     vicreg_loss,
 )
 
@@ -118,6 +121,14 @@ def _nce_with_estimated_normalizer(a: Tensor, b: Tensor) -> Tensor:
     z = sd.all_reduce_mean(nce_normalizer(a, _MEMORY, local_rows(_CANDIDATES), 0.2).clone())
     return nce_loss(a, _MEMORY, local_rows(_CANDIDATES), z, 0.2)
 
+_UNIGRAD_F = unigrad_correlation(*torch.randn(2, 40, DIM, generator=torch.Generator().manual_seed(16)))
+
+
+def _unigrad_with_batch_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """As the UniGrad method does: F from the (stand-in) momentum projections, averaged over ranks."""
+    return unigrad_loss(a, b, b.detach(), a.detach(), sd.all_reduce_mean(unigrad_correlation(b, a)), 100.0)
+
+
 LossCase = Callable[[Tensor, Tensor], Tensor]
 
 LOSS_CASES: dict[str, LossCase] = {
@@ -148,6 +159,9 @@ LOSS_CASES: dict[str, LossCase] = {
     "dino_loss": lambda a, b: dino_loss(torch.stack([a, b]), torch.stack([b, a]).detach(), _CENTER, 0.1, 0.04),
     "dino_loss/batch_center": _dino_batch_center(gather=True),
     "DINOLoss": lambda a, b: DINOLoss(0.1)(torch.stack([a, b]), torch.stack([b, a]).detach(), _CENTER, 0.04),
+    "unigrad_loss": lambda a, b: unigrad_loss(a, b, b.detach(), a.detach(), _UNIGRAD_F, 100.0),
+    "unigrad_correlation": _unigrad_with_batch_correlation,
+    "UniGradLoss": lambda a, b: UniGradLoss(100.0)(a, b, b.detach(), a.detach(), _UNIGRAD_F),
 }
 
 # The same losses computed on the local batch only (for nce_normalizer: Z estimated on the local batch,\n# not averaged over ranks): on 2 ranks they must NOT match one process.
@@ -165,6 +179,7 @@ GATHERING_LOSSES: dict[str, LossCase] = {
     "nce_normalizer": lambda a, b: nce_loss(
         a, _MEMORY, local_rows(_CANDIDATES), nce_normalizer(a, _MEMORY, local_rows(_CANDIDATES), 0.2), 0.2
     ),
+    "unigrad_correlation": lambda a, b: unigrad_loss(a, b, b.detach(), a.detach(), unigrad_correlation(b, a), 100.0),
 }
 
 

@@ -96,3 +96,19 @@ def test_no_collapse_and_the_collapsing_ablation_collapses():
     d = 8  # healthy: std of the l2-normalized embedding ≈ 1/√d; measured 0.33 vs 0.05 collapsed
     assert healthy > 0.6 / math.sqrt(d), healthy
     assert collapsed < 0.3 * healthy, (collapsed, healthy)
+
+
+def test_directpred_predictor_follows_the_online_projections_and_is_not_trained():
+    """With ``predictor=directpred`` the predictor has no parameters, F̂ is the correlation of both
+    views' online projections, and W is recomputed from F̂ after the optimizer step (with the EMA)."""
+    from siamssl.heads import DirectPredictor, DirectPredOptions, directpred_weight
+
+    method = _byol(predictor="directpred", directpred=DirectPredOptions(rho=0.5, eps=0.1))
+    assert isinstance(method.predictor, DirectPredictor) and list(method.predictor.parameters()) == []
+    batch = two_views(8, seed=2)
+    method(batch, progress(0))["loss"].backward()
+    with torch.no_grad():
+        z = torch.cat([method.projector(method.backbone(v)) for v in batch.views])
+    torch.testing.assert_close(method.predictor.correlation, z.t() @ z / z.shape[0], rtol=1e-5, atol=1e-6)
+    method.on_after_optimizer_step(progress(0))
+    torch.testing.assert_close(method.predictor.weight, directpred_weight(method.predictor.correlation, 0.1), rtol=0, atol=0)

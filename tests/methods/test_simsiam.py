@@ -110,3 +110,58 @@ def test_without_stop_gradient_the_output_collapses_and_with_it_it_does_not():
     without_sg = _final_embedding_std(stop_gradient=False)
     assert with_sg > 0.85 * healthy
     assert without_sg < 0.6 * healthy
+
+
+# ------------------------------------------------------------------------------------ DirectPred
+
+
+def test_directpred_predictor_is_set_from_the_correlation_of_the_projections():
+    """F̂ starts at the uncentred correlation of both views' projections (the predictor inputs, not
+    the predictions), and after the optimizer step W = U diag(sqrt(s/s_max) + ε) Uᵀ of F̂."""
+    from siamssl.heads import DirectPredictor, DirectPredOptions, directpred_weight
+
+    method = _method(predictor="directpred", directpred=DirectPredOptions(rho=0.3, eps=0.05))
+    assert isinstance(method.predictor, DirectPredictor) and list(method.predictor.parameters()) == []
+    assert [g.name for g in method.parameter_groups()] == ["encoder"]
+    batch = _views()
+    out = method(batch, PROGRESS)
+    with torch.no_grad():
+        z = torch.cat([method.projector(method.backbone(v)) for v in batch.views])
+    torch.testing.assert_close(method.predictor.correlation, z.t() @ z / z.shape[0], rtol=1e-5, atol=1e-6)
+    out["loss"].backward()
+    method.on_after_optimizer_step(PROGRESS)
+    w = method.predictor.weight
+    torch.testing.assert_close(w, directpred_weight(method.predictor.correlation, 0.05), rtol=0, atol=0)
+    # W commutes with F̂ (shared eigenvectors) and is positive definite.
+    f = method.predictor.correlation
+    torch.testing.assert_close(w @ f, f @ w, rtol=0, atol=1e-5 * f.abs().max().item())
+    assert torch.linalg.eigvalsh(w).min() > 0.04
+
+
+def test_directpred_in_eval_mode_does_not_touch_the_statistics():
+    method = _method(predictor="directpred")
+    method.eval()
+    method(_views(), PROGRESS)
+    assert int(method.predictor.num_observed) == 0
+
+
+def test_directpred_options_are_config_keys(tmp_path):
+    from siamssl.errors import ConfigError
+    from siamssl.train.config import config_from_dict
+    from tests.conftest import tiny_raw
+
+    cfg = config_from_dict(tiny_raw(tmp_path, "method.predictor=directpred", "method.directpred.rho=0.99", "method.directpred.freq=5"))
+    assert (cfg.method.directpred.rho, cfg.method.directpred.eps, cfg.method.directpred.freq) == (0.99, 0.01, 5)
+    with pytest.raises(ConfigError, match="method.directpred"):
+        config_from_dict(tiny_raw(tmp_path, "method.predictor=directpred", "method.directpred.freq=0"))
+    with pytest.raises(ConfigError, match="method.directpred.rho"):
+        config_from_dict(tiny_raw(tmp_path, "method.directpred.rh=0.5"))
+
+
+def test_directpred_run_resumes_exactly(tmp_path):
+    from tests.conftest import tiny_raw
+    from tests.methods.resume_check import assert_resume_is_exact
+
+    extra = ("method.predictor=directpred", "method.directpred.freq=2", "eval.monitors=[]")
+    state = assert_resume_is_exact(tiny_raw(tmp_path / "a", *extra), tiny_raw(tmp_path / "b", *extra))
+    assert int(state["predictor.num_updates"]) == 8
