@@ -74,6 +74,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         results = {name: _train(method, rank, 2) for name, method in _methods().items()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # tear gloo down only once no peer is still communicating (else: SIGABRT)
     finally:
         dist.destroy_process_group()
 

@@ -142,6 +142,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             dist.all_reduce(r)
             r /= 2
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # tear gloo down only once no peer is still communicating (else: SIGABRT)
     finally:
         dist.destroy_process_group()
 
