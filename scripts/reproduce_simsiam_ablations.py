@@ -83,7 +83,7 @@ CPU_SCALE: dict[str, Any] = {
         "dataset": "shapes",
         "batch_size": 64,
         "num_workers": 0,
-        "shapes": {"num_train": 2048, "num_test": 1000, "image_size": 16},
+        "shapes": {"num_train": 2048, "num_test": 1000, "image_size": 16, "layout": "single"},
         "augment": {
             "crop_size": 16,
             "crop_scale": [0.5, 1.0],

@@ -23,7 +23,7 @@ TINY_RAW: dict[str, Any] = {
         "dataset": "shapes",
         "batch_size": 16,
         "num_workers": 0,
-        "shapes": {"num_train": 64, "num_test": 32, "image_size": 16},
+        "shapes": {"num_train": 64, "num_test": 32, "image_size": 16, "layout": "single"},
         "augment": {"crop_size": 16},
     },
     "optim": {"base_lr": 0.05, "weight_decay": 5e-4},

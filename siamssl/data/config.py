@@ -50,11 +50,14 @@ class AugmentConfig:
 
 @dataclass
 class ShapesConfig:
-    """Sizes of the built-in procedurally generated dataset (``dataset: shapes``)."""
+    """The built-in procedurally generated dataset (``dataset: shapes``): split sizes, image size,
+    and ``layout``: ``scattered`` (3-4 copies of the class shape per image, the demo) or ``single``
+    (one large copy; easier, legible at 16 px)."""
 
     num_train: int = 10000
     num_test: int = 2000
     image_size: int = 32
+    layout: Literal["scattered", "single"] = "scattered"
 
 
 @dataclass

@@ -289,8 +289,9 @@ def shapes(cfg: DataConfig) -> LabeledImages:
     from siamssl.data.shapes import SHAPE_CLASSES, generate_shapes
 
     size = cfg.shapes.image_size
-    train_images, train_labels = generate_shapes(cfg.shapes.num_train, size, seed=0)
-    test_images, test_labels = generate_shapes(cfg.shapes.num_test, size, seed=1)
+    layout = cfg.shapes.layout
+    train_images, train_labels = generate_shapes(cfg.shapes.num_train, size, seed=0, layout=layout)
+    test_images, test_labels = generate_shapes(cfg.shapes.num_test, size, seed=1, layout=layout)
     mean, std = channel_statistics(train_images)
     return LabeledImages(
         ImageSplit(labels=train_labels, images=train_images),

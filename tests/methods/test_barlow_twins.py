@@ -87,7 +87,7 @@ def test_short_run_decorrelates_the_embedding_unlike_lambda_zero() -> None:
     redundant = _method(proj_layers=2, lambd=0.0)
     train(redundant, pool, 60, optim)
     healthy, collapsed = _off_diagonal_correlation(method, pool[0]), _off_diagonal_correlation(redundant, pool[0])
-    assert healthy < 0.75 < collapsed  # ≈ 0.60 and ≈ 0.91
+    assert healthy < 0.57 < collapsed  # ≈ 0.47 and ≈ 0.68
 
 
 def _last_loss(run_dir: Path) -> float:

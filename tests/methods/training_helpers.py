@@ -26,7 +26,7 @@ def tiny_backbone(seed: int = 0) -> tuple[torch.nn.Module, int]:
 def view_pool(num_batches: int, batch_size: int = 32, small_crops: int = 0, seed: int = 0) -> list[list[torch.Tensor]]:
     """``num_batches`` batches of views (2 global 16 px crops, then ``small_crops`` 8 px crops) of the
     built-in shapes dataset, through the real augmentation and loader."""
-    data = build_dataset(DataConfig(dataset="shapes", shapes=ShapesConfig(num_train=num_batches * batch_size, num_test=8, image_size=16)))
+    data = build_dataset(DataConfig(dataset="shapes", shapes=ShapesConfig(num_train=num_batches * batch_size, num_test=8, image_size=16, layout="single")))
     augment = AugmentConfig(crop_size=16, small_crops=small_crops, small_crop_size=8)
     loader = TrainLoader(data.train, view_transforms(augment, data.mean, data.std), batch_size, seed)
     return [batch.views for batch in loader.batches(0)]
@@ -66,7 +66,7 @@ def shipped_config_raw(path: str, output_dir: str, *extra: str) -> dict[str, Any
     raw = load_raw(path)
     overrides = [
         "trainer.max_steps=2", "data.batch_size=16", "data.dataset=shapes", "data.root=null", "data.num_workers=0",
-        "data.in_memory=true", "data.shapes.num_train=32", "data.shapes.num_test=16", "data.shapes.image_size=32",
+        "data.in_memory=true", "data.shapes.num_train=32", "data.shapes.num_test=16", "data.shapes.image_size=32", "data.shapes.layout=single",
         "data.augment.crop_size=32", "data.augment.small_crop_size=16", "backbone.name=resnet_narrow",
         "backbone.cifar_stem=true", "backbone.widths=[8, 16, 16, 32]", "trainer.precision=fp32",
         "trainer.progress_bar=false", "eval.monitors=[embedding_std]", f"output_dir={output_dir}", *extra,
