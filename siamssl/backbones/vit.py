@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
@@ -24,7 +25,9 @@ from siamssl.errors import ConfigError
 class ViTConfig:
     """Options of the ViT backbones (defaults: ViT-Small/16 at 224 px).
 
-    ``image_size``: the input size, fixed (the position embedding has one entry per patch).
+    ``image_size``: the native input size (the learned position embedding has one entry per patch
+    of it); other sizes divisible by the patch size are accepted, with the embedding interpolated
+    (multi-crop's small crops, as in DINO).
     ``patch_size``: 16 for ImageNet, 4 for 32-px CIFAR images.
     ``hidden_dim``/``num_layers``/``num_heads``/``mlp_ratio``: the transformer's size.
     ``pos_embedding``: ``learned`` (torchvision) or ``sincos``, MoCo v3's fixed 2-D sin-cos embedding.
@@ -86,13 +89,41 @@ def _mocov3_init_(model: VisionTransformer) -> None:
     nn.init.zeros_(conv.bias)
 
 
+class AnySizeVisionTransformer(VisionTransformer):
+    """torchvision's ``VisionTransformer`` returning the [CLS] feature for any input whose sides are
+    multiples of the patch size: at the native size it computes exactly torchvision's forward;
+    otherwise the patch position embeddings are resized bicubically to the new grid, the [CLS]
+    entry kept (DINO's ``interpolate_pos_encoding``, facebookresearch/dino ``vision_transformer.py``)."""
+
+    def position_embedding(self, rows: int, cols: int) -> torch.Tensor:
+        """(1, 1 + rows·cols, D): the position embedding for a ``rows × cols`` patch grid."""
+        embedding = self.encoder.pos_embedding
+        grid = self.image_size // self.patch_size
+        if (rows, cols) == (grid, grid):
+            return embedding
+        cls, patches = embedding[:, :1], embedding[:, 1:]
+        patches = patches.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches.float(), size=(rows, cols), mode="bicubic", align_corners=False).to(embedding.dtype)
+        return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"ViT input {height}x{width} is not divisible by the patch size {self.patch_size}")
+        tokens = self.conv_proj(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.class_token.expand(n, -1, -1), tokens], dim=1)
+        tokens = tokens + self.position_embedding(height // self.patch_size, width // self.patch_size)
+        encoder = self.encoder
+        return self.heads(encoder.ln(encoder.layers(encoder.dropout(tokens)))[:, 0])
+
+
 def build_vit(cfg: ViTConfig) -> tuple[nn.Module, int]:
     """A torchvision ``VisionTransformer`` whose forward returns the (B, hidden_dim) [CLS] feature."""
     if cfg.image_size % cfg.patch_size:
         raise ConfigError(f"backbone.image_size={cfg.image_size} is not divisible by backbone.patch_size={cfg.patch_size}")
     if cfg.hidden_dim % cfg.num_heads:
         raise ConfigError(f"backbone.hidden_dim={cfg.hidden_dim} is not divisible by backbone.num_heads={cfg.num_heads}")
-    model = VisionTransformer(
+    model = AnySizeVisionTransformer(
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         num_layers=cfg.num_layers,

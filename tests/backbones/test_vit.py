@@ -70,3 +70,24 @@ def test_bad_sizes_are_config_errors():
         build_backbone("vit_tiny", image_size=30, patch_size=4)
     with pytest.raises(ConfigError, match="hidden_dim=18 is not divisible by backbone.num_heads=4"):
         build_backbone("vit_tiny", image_size=8, patch_size=4, hidden_dim=18, num_heads=4)
+
+
+def test_native_size_is_torchvisions_forward_and_other_sizes_interpolate_the_positions():
+    """At the native size: exactly torchvision's forward. For a smaller crop (multi-crop) the patch
+    position embeddings are the bicubic resize of the native grid, the [CLS] entry unchanged."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model, _ = build_backbone("vit_tiny", image_size=16, patch_size=4, hidden_dim=16, num_layers=2, num_heads=2)
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(x), VisionTransformer.forward(model, x), rtol=0, atol=0)
+    small = model(torch.randn(2, 3, 8, 8))
+    assert small.shape == (2, 16) and torch.isfinite(small).all()
+    grid = model.encoder.pos_embedding[:, 1:].reshape(1, 4, 4, 16).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(2, 2), mode="bicubic", align_corners=False)
+    resized = model.position_embedding(2, 2)
+    torch.testing.assert_close(resized[:, 0], model.encoder.pos_embedding[:, 0])
+    torch.testing.assert_close(resized[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 4, 16))
+    with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+        model(torch.randn(1, 3, 10, 10))

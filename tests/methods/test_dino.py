@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from siamssl.backbones import BACKBONES
+from siamssl.backbones import BACKBONES, build_backbone
 from siamssl.heads import DINOHead
 from siamssl.losses import dino_loss
 from siamssl.methods import DINO, Batch, MethodContext, TrainingProgress
@@ -213,3 +213,14 @@ def test_vit_recipe_validates_with_the_vit_backbone_and_trains_on_a_resnet(tmp_p
 
 def test_resume_restores_teacher_and_centre_exactly(tmp_path: Path) -> None:
     assert_resume_is_exact(tmp_path, "dino")
+
+
+def test_vit_student_takes_the_small_crops_with_interpolated_positions() -> None:
+    """DINO with a ViT: the student encodes 16-px global and 8-px local crops (the position
+    embedding is resized), and the loss is finite with gradients on the patch projection."""
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("vit_tiny", image_size=16, patch_size=4, hidden_dim=16, num_layers=1, num_heads=2)
+    method = DINO.from_config(DINO.Config(out_dim=40, hidden_dim=24, bottleneck_dim=8), backbone, dim, CONTEXT)
+    out = method(Batch(views=_crops(), index=torch.arange(8)), TrainingProgress(0, 20, 0, 2))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and method.backbone.conv_proj.weight.grad.abs().sum() > 0
