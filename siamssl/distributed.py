@@ -182,19 +182,6 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     (N, C, H, W) and (N, C, D, H, W) inputs; the output has the input's dtype.
     """
 
-    @classmethod
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, num_splits: int) -> "SplitBatchNorm":
-        """A SplitBatchNorm with ``bn``'s parameters, running statistics and hyper-parameters."""
-        if not bn.track_running_stats:
-            raise ValueError("SplitBatchNorm needs a BatchNorm that tracks running statistics")
-        split = cls(bn.num_features, num_splits, bn.eps, bn.momentum, bn.affine)
-        split = split.to(device=bn.running_mean.device, dtype=bn.running_mean.dtype)
-        split.load_state_dict(bn.state_dict())
-        if bn.affine:
-            split.weight.requires_grad_(bn.weight.requires_grad)
-            split.bias.requires_grad_(bn.bias.requires_grad)
-        return split
-
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
