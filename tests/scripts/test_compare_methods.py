@@ -3,7 +3,6 @@ with the shared backbone, steps and batch, and the table holds its kNN next to t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,14 +10,11 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_methods.py"
+from tests.scripts.loader import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("compare_methods", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_methods")
 
 
 def _image_folder(root: Path) -> Path:

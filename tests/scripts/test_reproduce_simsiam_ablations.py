@@ -9,16 +9,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reproduce_simsiam_ablations.py"
+from tests.scripts.loader import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_simsiam_ablations", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce_simsiam_ablations")
 
 
 def test_script_writes_table_curves_and_figure(tmp_path):
