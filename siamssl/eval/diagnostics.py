@@ -183,20 +183,15 @@ def evaluate_diagnostics(checkpoint: str | Path, options: DiagnosticsEvalOptions
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from siamssl.eval.runs import eval_parser, parse_overrides, run_cli
+    from siamssl.eval.runs import evaluation_main
 
-    parser = eval_parser(
+    return evaluation_main(
+        argv,
         "python -m siamssl.eval.diagnostics",
         "Representation diagnostics of a frozen encoder: normalized std, RankMe, alignment, uniformity, covariance spectrum.",
         DiagnosticsEvalOptions,
+        evaluate_diagnostics,
     )
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        options, data_overrides = parse_overrides(args.overrides, DiagnosticsEvalOptions)
-        evaluate_diagnostics(args.checkpoint, options, data_overrides)
-
-    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -148,21 +148,16 @@ def evaluate_knn(checkpoint: str | Path, options: KNNEvalOptions, data_overrides
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from siamssl.eval.runs import eval_parser, parse_overrides, run_cli
+    from siamssl.eval.runs import evaluation_main
 
-    parser = eval_parser(
+    return evaluation_main(
+        argv,
         "python -m siamssl.eval.knn",
         "Weighted kNN (cosine similarity, exp(sim/T) votes) of a frozen encoder, several k in one pass.",
         KNNEvalOptions,
+        evaluate_knn,
         epilog="example: python -m siamssl.eval.knn --checkpoint runs/simsiam ks=[20,200] temperature=0.07",
     )
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        options, data_overrides = parse_overrides(args.overrides, KNNEvalOptions)
-        evaluate_knn(args.checkpoint, options, data_overrides)
-
-    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -359,23 +359,19 @@ def evaluate_linear(checkpoint: str | Path, options: LinearOptions, data_overrid
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from siamssl.eval.runs import eval_parser, parse_overrides, run_cli
+    from siamssl.eval.runs import evaluation_main
 
     presets = "\n".join(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in LINEAR_PRESETS.items())
-    parser = eval_parser(
+    return evaluation_main(
+        argv,
         "python -m siamssl.eval.linear",
         "Linear probe of a frozen encoder on cached features (top-1/top-5 on the test split).",
         LinearOptions,
+        evaluate_linear,
+        presets=LINEAR_PRESETS,
         epilog="presets (preset=NAME; any key overrides them):\n" + presets
         + "\n\nexample: python -m siamssl.eval.linear --checkpoint runs/simsiam preset=simsiam epochs=30",
     )
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        options, data_overrides = parse_overrides(args.overrides, LinearOptions, LINEAR_PRESETS)
-        evaluate_linear(args.checkpoint, options, data_overrides)
-
-    return run_cli(body)
 
 
 if __name__ == "__main__":

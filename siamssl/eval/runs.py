@@ -293,6 +293,27 @@ def run_cli(body: Callable[[], None]) -> int:
     return 0
 
 
+def evaluation_main(
+    argv: Optional[Sequence[str]],
+    prog: str,
+    description: str,
+    options_cls: type,
+    evaluate: Callable[[str, Any, list[str]], Any],
+    presets: Optional[dict[str, dict[str, Any]]] = None,
+    epilog: str = "",
+) -> int:
+    """The command line of an evaluation tool: ``--checkpoint RUN`` and ``key=value`` options parsed
+    into ``options_cls`` (on top of ``presets``), then ``evaluate(checkpoint, options, data_overrides)``;
+    a siamssl error is one line and exit status 2."""
+    args = eval_parser(prog, description, options_cls, epilog=epilog).parse_args(argv)
+
+    def body() -> None:
+        options, data_overrides = parse_overrides(args.overrides, options_cls, presets)
+        evaluate(args.checkpoint, options, data_overrides)
+
+    return run_cli(body)
+
+
 def default_output(run: LoadedRun, tool: str, kind: str = "backbone") -> Path:
     """``RUN/<tool>[_projector][_random_init].json``."""
     suffix = ("_projector" if kind == "projector" else "") + ("_random_init" if run.random_init else "")
