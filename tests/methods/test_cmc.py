@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from siamssl.backbones import build_backbone
 from siamssl.errors import ConfigError
@@ -18,7 +17,7 @@ from siamssl.methods.cmc import LAB_MEAN, LAB_STD, rgb_to_lab
 from siamssl.train.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
-from tests.methods.test_instdisc import _shapes_data
+from tests.methods.training_helpers import shipped_config_raw
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 40
@@ -178,9 +177,7 @@ def test_two_training_steps_through_the_trainer(tmp_path, config):
     if config == "tiny":
         raw = tiny_raw(tmp_path / "run", "trainer.max_steps=2", "eval.monitors=[embedding_std]", method="cmc")
     else:
-        raw = _shapes_data(yaml.safe_load((REPO / "configs" / config).read_text()))
-        raw["data"]["batch_size"] = 16
-        raw["output_dir"] = str(tmp_path / "run")
+        raw = shipped_config_raw(str(REPO / "configs" / config), str(tmp_path / "run"))
     summary = Trainer(config_from_dict(raw)).fit()
     assert summary["steps"] == 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]

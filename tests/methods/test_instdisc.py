@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from siamssl.backbones import build_backbone
 from siamssl.losses import full_softmax_loss, nce_loss, nce_normalizer
@@ -17,7 +16,8 @@ from siamssl.methods import Batch, InstDisc, TrainingProgress
 from siamssl.methods import memory_bank as memory_bank_module
 from siamssl.train.config import config_from_dict
 from siamssl.train.trainer import Trainer
-from tests.conftest import TINY_RAW, deep_merge, tiny_raw
+from tests.conftest import tiny_raw
+from tests.methods.training_helpers import shipped_config_raw
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_SAMPLES = 40
@@ -126,25 +126,12 @@ def test_bad_options_fail_with_one_line(tmp_path):
             Trainer(config_from_dict(tiny_raw(tmp_path / override, override, method="instdisc")))
 
 
-def _shapes_data(raw: dict) -> dict:
-    """Replace a shipped config's data and evaluation with the tiny built-in dataset."""
-    raw = deep_merge(raw, {"data": {k: v for k, v in TINY_RAW["data"].items() if k != "augment"}})
-    raw["data"]["root"] = None
-    raw["data"]["in_memory"] = True
-    raw["data"]["augment"]["crop_size"] = 16
-    raw["eval"] = {"every_n_epochs": 0, "monitors": ["embedding_std"]}
-    raw["trainer"].update(max_steps=2, progress_bar=False, precision="fp32")
-    return raw
-
-
 @pytest.mark.parametrize("config", ["tiny", "instdisc.yaml", "instdisc_imagenet.yaml"])
 def test_two_training_steps_through_the_trainer(tmp_path, config):
     if config == "tiny":
         raw = tiny_raw(tmp_path / "run", "trainer.max_steps=2", "eval.monitors=[embedding_std]", method="instdisc")
     else:
-        raw = _shapes_data(yaml.safe_load((REPO / "configs" / config).read_text()))
-        raw["data"]["batch_size"] = 16
-        raw["output_dir"] = str(tmp_path / "run")
+        raw = shipped_config_raw(str(REPO / "configs" / config), str(tmp_path / "run"))
     summary = Trainer(config_from_dict(raw)).fit()
     assert summary["steps"] == 2
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
