@@ -173,12 +173,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--prefix", default="backbone", help="which module of the method to export (default: backbone)")
     parser.add_argument("--num-classes", type=int, help="add a fresh fc with this many outputs (torchvision format)")
     args = parser.parse_args(argv)
-    try:
-        export(args.checkpoint, args.format, args.output, args.prefix, args.num_classes)
-    except SiamSSLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    from siamssl.eval.runs import run_cli
+
+    return run_cli(lambda: export(args.checkpoint, args.format, args.output, args.prefix, args.num_classes))
 
 
 if __name__ == "__main__":
