@@ -228,9 +228,10 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     Training outputs and gradients equal those of ``num_splits`` ranks each running
     ``nn.BatchNorm`` on its chunk; the running statistics are updated with the mean over chunks of
-    the per-chunk statistics, and under torch.distributed also averaged over ranks, so W processes
-    with ``S`` splits each keep the running statistics of one process with ``W·S`` splits (the
-    official MoCo code keeps rank 0's instead; the checkpoint then depends on the world size).
+    the per-chunk statistics. Under torch.distributed each rank updates its own copy;
+    :func:`average_split_batchnorm_statistics_` (once per step, one all-reduce for all layers) makes
+    W processes with ``S`` splits each hold the running statistics of one process with ``W·S`` splits
+    (the official MoCo code keeps rank 0's instead; the checkpoint then depends on the world size).
     Evaluation mode uses the running statistics like ``nn.BatchNorm``. Not converted by
     :func:`convert_sync_batchnorm`; its state dict loads into a plain BatchNorm.
     """
@@ -278,15 +279,33 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         bias = self.bias.repeat(self.num_splits) if self.bias is not None else None
         out = F.batch_norm(folded, running_mean, running_var, weight, bias, True, factor, self.eps)
         with torch.no_grad():
-            statistics = torch.stack([running_mean.view(self.num_splits, c).mean(dim=0), running_var.view(self.num_splits, c).mean(dim=0)])
-            all_reduce_mean(statistics)
-            self.running_mean.copy_(statistics[0])
-            self.running_var.copy_(statistics[1])
+            self.running_mean.copy_(running_mean.view(self.num_splits, c).mean(dim=0))
+            self.running_var.copy_(running_var.view(self.num_splits, c).mean(dim=0))
         out = out.reshape(n // self.num_splits, self.num_splits, c, *rest).transpose(0, 1)
         return out.reshape(input.shape)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_splits={self.num_splits}"
+
+
+@torch.no_grad()
+def average_split_batchnorm_statistics_(module: nn.Module) -> None:
+    """Average the running statistics of every :class:`SplitBatchNorm` in ``module`` over ranks, in
+    one all-reduce. Exact whenever it is called: the momentum update is linear and every rank
+    applies it with the same factor, so the mean of the ranks' statistics is the statistics one
+    process would have kept. No-op without a process group."""
+    if not is_distributed():
+        return
+    layers = [m for m in module.modules() if isinstance(m, SplitBatchNorm)]
+    if not layers:
+        return
+    flat = torch.cat([torch.cat([m.running_mean, m.running_var]) for m in layers])
+    all_reduce_mean(flat)
+    offset = 0
+    for m in layers:
+        m.running_mean.copy_(flat[offset : offset + m.num_features])
+        m.running_var.copy_(flat[offset + m.num_features : offset + 2 * m.num_features])
+        offset += 2 * m.num_features
 
 
 def _channel_view(values: Tensor, dims: int) -> Tensor:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from siamssl.backbones.split_bn import convert_split_batchnorm
-from siamssl.distributed import gather_no_grad, local_row_offset, world_size
+from siamssl.distributed import average_split_batchnorm_statistics_, gather_no_grad, local_row_offset, world_size
 from siamssl.errors import ConfigError
 from siamssl.heads import moco_v2_head
 from siamssl.losses import info_nce
@@ -176,3 +176,4 @@ class MoCo(SSLMethod):
         if self._pending_keys is not None:
             self.enqueue(self._pending_keys)
             self._pending_keys = None
+        average_split_batchnorm_statistics_(self)
