@@ -33,9 +33,15 @@ formulas, but computed for every sample at once:
   **solarize** (pixels ≥ 128/255 inverted; on float values the threshold is 127.5/255, the value that
   rounds to 128) run on the subsets drawn for them; normalization is last.
 
-Differences from the uint8 torchvision pipeline are quantization only: torchvision rounds (or
-truncates) to uint8 after every operation, this engine keeps float32 until the end (differences
-within about 1/255 per operation; see ``tests/data/test_batched_augment.py``).
+**uint8 levels.** torchvision's pipeline runs on uint8 images: it rounds after the resize and the
+blur and truncates (``.to(torch.uint8)``) after every jitter blend, the grayscale conversion and the
+hue round trip, with contrast and saturation blending towards the floored grayscale. The engine
+computes in float32 on the integer levels 0-255 and applies the same rounding and truncation at the
+same places (:attr:`BatchedAugment.uint8_levels`, on by default), so for the same parameters its
+views are torchvision's up to the fixed-point rounding of torchvision's uint8 resize kernel (a pixel
+now and then one level off; ``scripts/augment_parity.py``, ``tests/data/test_augment_parity.py``).
+Without it (float kernels, the engine before issue 11), truncation is the only difference, but a
+systematic one: the float views were brighter by about 1.1/255 on average after colour jitter.
 """
 
 from __future__ import annotations
