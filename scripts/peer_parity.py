@@ -116,7 +116,7 @@ def make_subset_folder(source: Path, target: Path, train_count: int, test_count:
     return target
 
 
-def make_synthetic_folder(target: Path, train_count: int = 96, test_count: int = 40, classes: int = 2, size: int = 32) -> Path:
+def make_synthetic_folder(target: Path, train_count: int = 64, test_count: int = 32, classes: int = 2, size: int = 32) -> Path:
     """A tiny ImageFolder of random colour-field PNGs (for ``--dry-run``)."""
     from torchvision.io import write_png
 
@@ -400,7 +400,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--widths", default="32,64,128,256", help="resnet_narrow stage widths")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (lightly's PIL pipeline, siamssl-torchvision)")
     parser.add_argument("--out", default="runs/peer-parity", help="folder for peer_parity.json, peer_parity.md and the runs")
-    parser.add_argument("--dry-run", action="store_true", help="tiny synthetic images, 3 steps of 16, 1 seed, narrow widths")
+    parser.add_argument("--dry-run", action="store_true", help="tiny synthetic images, 2 steps of 16, 1 seed, narrow widths")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -410,7 +410,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
             parser.error(f"unknown {name}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     args.widths = [int(w) for w in str(args.widths).split(",")]
     if args.dry_run:
-        args.steps, args.batch_size, args.seeds, args.workers = 3, 16, 1, 0
+        args.steps, args.batch_size, args.seeds, args.workers = 2, 16, 1, 0
         args.widths = [8, 8, 16, 16]
     else:
         args.cifar = args.cifar or os.environ.get("SIAMSSL_CIFAR10")
