@@ -99,3 +99,18 @@ def test_the_installed_commands_train_the_quickstart_recipe_by_name_outside_the_
     summary = json.loads((run / "summary.json").read_text())
     assert summary["method"] == "simsiam" and summary["steps"] == 2 and 0.0 <= summary["knn_top1"] <= 1.0
     assert yaml.safe_load((run / "config.yaml").read_text())["backbone"]["widths"] == [16, 32, 64, 128]  # the recipe's
+
+
+def test_the_test_extra_installs_every_optional_package():
+    # `make install` installs .[dev]; with every optional package there, no test skips for a missing one.
+    import re
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in requirements}
+
+    optional = set().union(*(names(reqs) for extra, reqs in extras.items() if extra != "dev"))
+    assert {"lightning", "safetensors", "matplotlib"} <= optional
+    assert optional <= names(extras["dev"]), sorted(optional - names(extras["dev"]))
