@@ -20,8 +20,9 @@ pytestmark = [
 ]
 
 # A schedule that changes every step (warmup over half an epoch, then cosine), a weight-decay
-# schedule and gradient clipping, so that each of them has to run at the right point of the step.
-SCHEDULED = ("trainer.max_steps=3", "eval.monitors=[]", "optim.warmup_epochs=0.5", "optim.weight_decay_end=1e-3",
+# schedule and gradient clipping, so that each of them has to run at the right point of the step;
+# 6 steps of 4 per epoch cross an epoch boundary (the next epoch's batches).
+SCHEDULED = ("trainer.max_steps=6", "eval.monitors=[]", "optim.warmup_epochs=0.5", "optim.weight_decay_end=1e-3",
              "optim.grad_clip_norm=0.5", "trainer.progress_bar=false")
 
 
@@ -70,5 +71,5 @@ def test_without_the_after_step_hook_the_momentum_target_differs(tmp_path, monke
 
 def test_a_step_count_other_than_the_config_is_refused(tmp_path):
     module = SSLModule.from_config(config_from_dict(tiny_raw(tmp_path / "run", *SCHEDULED, method="simsiam")))
-    with pytest.raises(ConfigError, match="runs 2 optimizer steps but the config plans 3"):
-        _lightning_trainer(2).fit(module)
+    with pytest.raises(ConfigError, match="runs 5 optimizer steps but the config plans 6"):
+        _lightning_trainer(5).fit(module)
