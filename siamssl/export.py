@@ -105,7 +105,7 @@ def export(checkpoint: str | Path, fmt: str = "torchvision", output: Optional[st
     """Export a checkpoint's backbone; returns the files written."""
     from siamssl.backbones import build_backbone
     from siamssl.eval.runs import config_of, resolve_checkpoint, run_directory
-    from siamssl.train.checkpoint import load_checkpoint
+    from siamssl.checkpoint import load_checkpoint
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}'; choose from: {', '.join(FORMATS)}")
@@ -160,8 +160,9 @@ def export(checkpoint: str | Path, fmt: str = "torchvision", output: Optional[st
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    called = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     parser = argparse.ArgumentParser(
-        prog="python -m siamssl.export",
+        prog=called if called.startswith("siamssl-") else "python -m siamssl.export",
         description="Export a trained backbone's weights (torchvision naming or as is).",
         epilog="example: python -m siamssl.export --checkpoint runs/simsiam --format torchvision\n"
         "then: m = torchvision.models.resnet50(); m.fc = torch.nn.Identity(); m.load_state_dict(torch.load(PATH))",

@@ -209,7 +209,7 @@ def interpret(scalars: dict[str, float], dims: dict[str, int]) -> list[str]:
 
 def _summary_from_checkpoint(run_dir: Path) -> dict[str, Any]:
     """What ``summary.json`` would say, from the last checkpoint of a run that did not finish."""
-    from siamssl.train.checkpoint import load_checkpoint
+    from siamssl.checkpoint import load_checkpoint
 
     path = run_dir / "checkpoints" / "last.pt"
     if not path.is_file():
@@ -356,11 +356,11 @@ def _checkpoint_pictures(checkpoint: Path, options: ReportOptions, data_override
     return scalars, dims, loaded.config.to_dict()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m siamssl.eval.report") -> int:
     from siamssl.eval.runs import eval_parser, parse_overrides, run_cli
 
     parser = eval_parser(
-        "python -m siamssl.eval.report",
+        prog,
         "PNG plots (training curves, covariance spectrum, 2-D embedding) and report.md in a run directory.",
         ReportOptions,
         positional_run=True,
