@@ -209,7 +209,7 @@ def siamssl_config(method: str, variant: str, args: argparse.Namespace, root: Pa
 
 def run_siamssl(method: str, variant: str, args: argparse.Namespace, root: Path, seed: int, probe: KNNProbe) -> dict[str, Any]:
     from siamssl.data.batched import BatchedAugment
-    from siamssl.train.config import config_from_dict
+    from siamssl.config import config_from_dict
     from siamssl.train.trainer import Trainer
 
     output_dir = Path(args.out) / "runs" / f"{variant}-{method}-seed{seed}"
@@ -399,6 +399,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--test-subset", type=int, default=2000, help="test images scored by kNN")
     parser.add_argument("--widths", default="32,64,128,256", help="resnet_narrow stage widths")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (lightly's PIL pipeline, siamssl-torchvision)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the training process (default: torch's); 1 on a shared, loaded machine")
     parser.add_argument("--out", default="runs/peer-parity", help="folder for peer_parity.json, peer_parity.md and the runs")
     parser.add_argument("--dry-run", action="store_true", help="tiny synthetic images, 2 steps of 16, 1 seed, narrow widths")
     args = parser.parse_args(argv)
@@ -427,6 +429,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ImportError:
             print("error: lightly is not installed: pip install 'siamssl[peers]'", file=sys.stderr)
             return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
