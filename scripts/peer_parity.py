@@ -200,7 +200,7 @@ def siamssl_config(method: str, variant: str, args: argparse.Namespace, root: Pa
                   "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY * scale, "schedule": "cosine", "schedule_unit": "step",
                   "exclude_bias_and_norm": False},
         "trainer": {"max_steps": args.steps, "epochs": 10**6, "precision": "fp32", "progress_bar": False, "overwrite": True,
-                    "log_every_steps": max(1, args.steps // 5), "checkpoint_every_epochs": 0},
+                    "log_every_steps": max(1, args.steps // 5), "checkpoint_every_epochs": 10**6},
         "eval": {"every_n_epochs": 0, "monitors": []},
         "seed": seed,
         "output_dir": str(output_dir),
