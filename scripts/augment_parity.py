@@ -205,6 +205,36 @@ def run(images: Tensor, cfg: AugmentConfig, seed: int) -> list[dict]:
     return rows
 
 
+def paired_timing(repeats: int = 10, batches: int = 5, batch_size: int = 128, seed: int = 0) -> list[dict]:
+    """images/s of the engine with float kernels and with uint8 levels, interleaved (A B, B A, ...)
+    so that a changing machine load affects both alike; the ratio is the median of paired ratios."""
+    import statistics
+    import time
+
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    recipes = {"simclr": AugmentConfig(crop_scale=(0.08, 1.0)),
+               "byol": AugmentConfig(crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2])}
+    rows = []
+    for name, cfg in recipes.items():
+        augment = BatchedAugment(cfg, (0.5,) * 3, (0.25,) * 3)
+        speeds: dict[bool, list[float]] = {False: [], True: []}
+        ratios = []
+        for repeat in range(repeats):
+            seconds = {}
+            for levels in ((False, True) if repeat % 2 == 0 else (True, False)):
+                augment.uint8_levels = levels
+                started = time.perf_counter()
+                for _ in range(batches):
+                    augment(images, generator=generator)
+                seconds[levels] = time.perf_counter() - started
+                speeds[levels].append(batches * batch_size / seconds[levels])
+            ratios.append(seconds[False] / seconds[True])
+        rows.append({"recipe": name, "float images/s": statistics.median(speeds[False]),
+                     "uint8 levels images/s": statistics.median(speeds[True]), "speed ratio levels/float": statistics.median(ratios)})
+    return rows
+
+
 def print_table(rows: Sequence[dict]) -> None:
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
@@ -223,7 +253,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--recipe", default="simclr", choices=("simclr", "simsiam", "byol"),
                         help="simclr/simsiam: jitter 0.4/0.4/0.4/0.1 p 0.8, gray 0.2 (scale 0.08 / 0.2); byol: blur and solarize too")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--timing", action="store_true", help="only time the engine: float kernels against uint8 levels, paired")
     args = parser.parse_args(argv)
+    if args.timing:
+        print_table(paired_timing())
+        return 0
     import os
 
     root = args.cifar or os.environ.get("SIAMSSL_CIFAR10")

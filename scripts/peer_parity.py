@@ -402,7 +402,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads of the training process (default: torch's); 1 on a shared, loaded machine")
     parser.add_argument("--out", default="runs/peer-parity", help="folder for peer_parity.json, peer_parity.md and the runs")
-    parser.add_argument("--dry-run", action="store_true", help="tiny synthetic images, 2 steps of 16, 1 seed, narrow widths")
+    parser.add_argument("--dry-run", action="store_true", help="tiny synthetic images, 5 steps of 16 (across an epoch end), 1 seed, narrow widths")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
@@ -412,7 +412,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
             parser.error(f"unknown {name}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     args.widths = [int(w) for w in str(args.widths).split(",")]
     if args.dry_run:
-        args.steps, args.batch_size, args.seeds, args.workers = 2, 16, 1, 0
+        args.steps, args.batch_size, args.seeds, args.workers = 5, 16, 1, 0  # 4 steps per epoch: crosses one
         args.widths = [8, 8, 16, 16]
     else:
         args.cifar = args.cifar or os.environ.get("SIAMSSL_CIFAR10")
