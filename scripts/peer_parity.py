@@ -392,7 +392,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--cifar", help="CIFAR-10 ImageFolder root (train/<class>/, test/<class>/); default $SIAMSSL_CIFAR10")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … N−1 per method and framework")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method and framework: first-seed … first-seed + N − 1")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (to add seeds to an earlier run)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--frameworks", default="siamssl,lightly", help=f"comma-separated subset of {', '.join(FRAMEWORKS)}")
     parser.add_argument("--subset", type=int, default=10000, help="training images (a fixed random sample; also the kNN bank)")
@@ -455,7 +456,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         record["machine"]["lightly"] = lightly.__version__
     except ImportError:
         pass
-    for seed in range(args.seeds):  # seed-major; frameworks alternate order between seeds
+    for seed in range(args.first_seed, args.first_seed + args.seeds):  # seed-major; frameworks alternate order between seeds
         for method in args.methods:
             order = args.frameworks if seed % 2 == 0 else list(reversed(args.frameworks))
             for framework in order:
