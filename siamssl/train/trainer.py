@@ -304,7 +304,9 @@ class Trainer:
                     if self.global_step % cfg.trainer.log_every_steps == 0 or at_end:
                         self._log_window(bar)
                     every = cfg.trainer.checkpoint_every_steps
-                    if not at_end and (self._checkpoint_due or (every and self.global_step % every == 0)):
+                    # a checkpoint due by time at an epoch's last step waits for the epoch end, a few lines on
+                    due = self._checkpoint_due and self.step_in_epoch < self.steps_per_epoch
+                    if not at_end and (due or (every and self.global_step % every == 0)):
                         self._save()
                     if self._stop_agreed if is_distributed() else self._stop_requested:
                         self._interrupt()
