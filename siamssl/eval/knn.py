@@ -42,6 +42,7 @@ def knn_scores(
     ks: Sequence[int] = (200,),
     temperature: float = 0.1,
     chunk_size: int = 1024,
+    bank_normalized: bool = False,
 ) -> dict[int, Tensor]:
     """Class scores (Q, num_classes) of each query for every k in ``ks``, from one similarity pass:
     Σ over the k nearest neighbours of class c of exp(sim/T), scaled per query by exp(−max sim/T).
@@ -52,10 +53,12 @@ def knn_scores(
             are computed in it (half the memory; the votes are computed in float32); any other
             bank in float32. bank_labels: (M,) integer labels.
         ks: numbers of neighbours (each clipped to M). temperature: T in exp(sim/T).
+        bank_normalized: the bank's rows are already l2-normalized (and in a half or float32
+            dtype): used as they are, without a normalized copy.
     """
     dtype = bank.dtype if bank.dtype in _HALF else torch.float32
     query = normalized_rows(query, dtype)
-    bank = normalized_rows(bank, dtype)
+    bank = bank if bank_normalized and bank.dtype == dtype else normalized_rows(bank, dtype)
     max_k = min(max(ks), bank.shape[0])
     scores: dict[int, list[Tensor]] = {k: [] for k in ks}
     for start in range(0, query.shape[0], chunk_size):

@@ -25,7 +25,7 @@ from siamssl.data.datasets import ImageSplit, LabeledImages
 from siamssl.data.loader import eval_batches
 from siamssl.distributed import all_reduce_sum, is_distributed, world_size
 from siamssl.eval.features import measure_representation
-from siamssl.eval.knn import extract_features, knn_scores, normalized_rows
+from siamssl.eval.knn import extract_features, knn_scores
 from siamssl.eval.linear import LinearClassifier
 from siamssl.eval.sharding import gather_rows, shard_split
 from siamssl.methods.base import Batch, SSLMethod
@@ -83,10 +83,12 @@ def split_features(
     limit: Optional[int] = None,
     gather: bool = True,
     dtype: torch.dtype = torch.float32,
+    normalize: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Features (in ``dtype``) and labels of ``method.embed`` on a split (``limit`` of its samples),
-    with the model in eval mode and the run's autocast. Under torchrun each rank embeds its slice
-    of the samples; ``gather``: every rank gets all rows (in split order), else only its slice."""
+    """Features (in ``dtype``; l2-normalized in float32 first with ``normalize``) and labels of
+    ``method.embed`` on a split (``limit`` of its samples), with the model in eval mode and the
+    run's autocast. Under torchrun each rank embeds its slice of the samples; ``gather``: every
+    rank gets all rows (in split order), else only its slice."""
     was_training = method.training
     method.eval()
     try:
@@ -95,7 +97,8 @@ def split_features(
             shard_split(subset), context.batch_size, context.mean, context.std,
             context.device, context.crop_size, context.num_workers,
         )
-        features, labels = extract_features(method.embed, batches, context.autocast_dtype, dtype)
+        embed = (lambda images: F.normalize(method.embed(images).float(), dim=1)) if normalize else method.embed
+        features, labels = extract_features(embed, batches, context.autocast_dtype, dtype)
         if gather:
             features, labels = gather_rows(features, len(subset)), gather_rows(labels, len(subset))
         return features, labels
@@ -150,11 +153,11 @@ class KNNMonitor(Monitor):
         if data.test is None:
             return float("nan")
         dtype = self.bank_dtype()
-        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples, dtype=dtype)
-        bank = normalized_rows(bank, dtype)
+        # normalized batch by batch in float32 before the cast: no float32 copy of the whole bank
+        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples, dtype=dtype, normalize=True)
         query, query_labels = split_features(method, data.test, self.context, self.options.max_test_samples, gather=False)
         k = self.options.k
-        scores = knn_scores(query, bank, bank_labels, len(data.classes), [k], self.options.temperature)[k]
+        scores = knn_scores(query, bank, bank_labels, len(data.classes), [k], self.options.temperature, bank_normalized=True)[k]
         return global_mean((scores.argmax(dim=1) == query_labels).sum(), int(query_labels.shape[0]))
 
     def on_train_start(self, method: SSLMethod) -> dict[str, float]:
