@@ -100,9 +100,17 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     (the CPU, older GPUs, where fp16 would need loss scaling); any other setting as given."""
     if setting != "auto":
         return setting
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and _native_bf16():
         return "bf16"
     return "fp32"
+
+
+def _native_bf16() -> bool:
+    """bf16 in hardware (compute capability 8.0+), not the slow emulation torch also accepts."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older signature without the emulation flag
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def resolve_channels_last(setting: "bool | str", device: torch.device, model: torch.nn.Module) -> bool:
