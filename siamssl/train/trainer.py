@@ -433,7 +433,7 @@ class Trainer:
         scheduled = every_epochs is not None and (epoch + 1) % every_epochs == 0
         if last or scheduled or self._agree(self._time_for_checkpoint())[0]:
             self._save()
-            if scheduled and cfg.trainer.keep_epoch_checkpoints and is_main_process():
+            if (scheduled or last) and cfg.trainer.keep_epoch_checkpoints and is_main_process():
                 shutil.copyfile(self.checkpoint_dir / "last.pt", self.checkpoint_dir / f"epoch_{epoch + 1:04d}.pt")
 
     def _write_summary(self) -> dict[str, Any]:
