@@ -17,6 +17,7 @@ from siamssl.backbones import BACKBONES
 from siamssl.data.config import DataConfig
 from siamssl.errors import ConfigError
 from siamssl.eval.monitors import MONITORS
+from siamssl.loggers import LOGGERS, TensorBoardOptions, WandbOptions
 from siamssl.methods import METHODS
 from siamssl.registry import Registry
 from siamssl.schema import build_section, dotted_keys, section_to_dict, unknown_key_error
@@ -82,6 +83,10 @@ class TrainerConfig:
     ``reduce-overhead`` — CUDA graphs, removing per-kernel launch cost, worth it for small models and
     images — or ``max-autotune``). ``channels_last``: NHWC memory format for model and images (faster
     convolutions with AMP on recent GPUs).
+
+    ``loggers``: where metrics go, written by rank 0 (:mod:`siamssl.loggers`): ``jsonl``
+    (``metrics.jsonl``, which the report reads), ``tensorboard`` (options under ``tensorboard``) and
+    ``wandb`` (options under ``wandb``; offline without an API key).
     """
 
     epochs: int = 100
@@ -101,6 +106,9 @@ class TrainerConfig:
     overwrite: bool = False
     progress_bar: bool = True
     deterministic: bool = False
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    tensorboard: TensorBoardOptions = field(default_factory=TensorBoardOptions)
+    wandb: WandbOptions = field(default_factory=WandbOptions)
 
 
 @dataclass
@@ -210,12 +218,15 @@ def config_from_dict(raw: dict) -> Config:
             raise unknown_key_error(str(key), all_keys(raw))
     top = build_section(_TopLevel, {k: raw[k] for k in ("output_dir", "seed") if k in raw}, "")
     eval_section, monitor_options = _eval_section(raw)
+    trainer = build_section(TrainerConfig, raw.get("trainer") or {}, "trainer")
+    for name in trainer.loggers:
+        LOGGERS.entry(name)  # an unknown logger fails here, naming the closest
     return Config(
         method=_named_section(raw, "method", METHODS),
         backbone=_named_section(raw, "backbone", BACKBONES),
         data=build_section(DataConfig, raw.get("data") or {}, "data"),
         optim=build_section(OptimConfig, raw.get("optim") or {}, "optim"),
-        trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
+        trainer=trainer,
         eval=eval_section,
         monitor_options=monitor_options,
         output_dir=top.output_dir,
