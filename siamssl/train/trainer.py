@@ -88,7 +88,7 @@ class Trainer:
             self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
         self.loader = build_train_loader(
-            self.data.train, cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
+            self.data.pretraining_split(), cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
@@ -99,7 +99,7 @@ class Trainer:
 
         backbone, feature_dim = make_backbone()
         context = MethodContext(
-            num_samples=len(self.data.train),
+            num_samples=len(self.data.pretraining_split()),
             global_batch_size=cfg.data.batch_size,
             steps_per_epoch=self.steps_per_epoch,
             total_steps=self.total_steps,
@@ -247,7 +247,7 @@ class Trainer:
         """Train to the end (or until interrupted) and return the summary written to ``summary.json``."""
         cfg = self.cfg
         message(
-            f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.train)} images, {self.steps_per_epoch} steps/epoch, "
+            f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.pretraining_split())} images, {self.steps_per_epoch} steps/epoch, "
             f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es)"
             f"{' with SyncBatchNorm' if is_distributed() and self.sync_bn else ''}, "
             f"device {self.device}, {cfg.trainer.precision}; run dir {self.run_dir}"
