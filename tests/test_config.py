@@ -8,7 +8,7 @@ from siamssl.methods import SimSiam
 from siamssl.config import all_keys, apply_override, config_from_dict, load_config
 from tests.conftest import tiny_raw
 
-CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
