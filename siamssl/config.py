@@ -7,7 +7,7 @@ Sections: ``method`` (its keys come from the method's ``Config``), ``backbone`` 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -20,6 +20,7 @@ from siamssl.eval.monitors import MONITORS
 from siamssl.loggers import LOGGERS, TensorBoardOptions, WandbOptions
 from siamssl.methods import METHODS
 from siamssl.registry import Registry
+from siamssl.runtime import message
 from siamssl.schema import build_section, dotted_keys, section_to_dict, unknown_key_error
 
 
@@ -280,9 +281,35 @@ def load_raw(path: Optional[str]) -> dict:
     return raw
 
 
+def drop_replaced_backbone_options(raw: dict, recipe_backbone: Optional[str], overridden: set[str]) -> list[str]:
+    """When an override replaces the recipe's backbone (``backbone.name=timm`` on a ResNet-18 recipe),
+    drop the recipe's backbone options the new backbone does not take (a ResNet's ``widths`` mean
+    nothing to timm); options it shares (``cifar_stem``) and options given on the command line stay.
+    Returns the dropped keys."""
+    section = raw.get("backbone")
+    if not isinstance(section, dict) or recipe_backbone is None:
+        return []
+    name = section.get("name", _DEFAULT_NAMES["backbone"])
+    if name == recipe_backbone or not isinstance(name, str) or name not in BACKBONES:
+        return []
+    config = BACKBONES.entry(name).config
+    accepted = {f.name for f in fields(config)} if config is not None else set()
+    dropped = [k for k in section if k != "name" and k not in accepted and f"backbone.{k}" not in overridden]
+    for key in dropped:
+        del section[key]
+    return dropped
+
+
 def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
     """YAML file + ``key=value`` overrides -> validated :class:`Config`."""
     raw = load_raw(path)
+    recipe_backbone = (raw.get("backbone") or {}).get("name", _DEFAULT_NAMES["backbone"]) if isinstance(raw.get("backbone"), dict) else None
+    overridden = set()
     for override in overrides:
         apply_override(raw, override)
+        overridden.add(override.split("=", 1)[0].strip())
+    dropped = drop_replaced_backbone_options(raw, recipe_backbone, overridden)
+    if dropped:
+        message(f"backbone.name={raw['backbone']['name']} replaces the recipe's '{recipe_backbone}'; "
+                f"its options {', '.join(dropped)} do not apply to it and were dropped")
     return config_from_dict(raw)
