@@ -85,8 +85,8 @@ class Logger:
     def log_summary(self, summary: dict[str, Any]) -> None:
         """The final ``summary.json``."""
 
-    def close(self) -> None:
-        pass
+    def close(self, failed: bool = False) -> None:
+        """Flush and release; ``failed``: training stopped on an error or an interruption."""
 
 
 LoggerBuilder = Callable[[LoggerContext], Logger]
@@ -162,7 +162,7 @@ class TensorBoardLogger(Logger):
             self.writer.add_image(f"report/{name}", image, global_step=step, dataformats="CHW")
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -228,8 +228,8 @@ class WandbLogger(Logger):
     def log_summary(self, summary: dict[str, Any]) -> None:
         self.run.summary.update({k: v for k, v in summary.items() if v is not None})
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 @LOGGERS.register("wandb")
@@ -258,16 +258,16 @@ class RunLoggers(Logger):
         for logger in self.loggers:
             logger.log_summary(summary)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         loggers, self.loggers = self.loggers, []
         for logger in loggers:
-            logger.close()
+            logger.close(failed)
 
     def __enter__(self) -> "RunLoggers":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()  # also when training stops on an error or an interruption
+    def __exit__(self, exc_type: Optional[type], *exc: object) -> None:
+        self.close(failed=exc_type is not None)  # also when training stops on an error or an interruption
 
 
 def check_loggers_available(names: list[str]) -> None:

@@ -154,3 +154,18 @@ def test_wandb_logs_offline_without_an_api_key(run_dir, tmp_path, monkeypatch):
     final = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
              for r in records if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
     assert final["knn_top1"] == summary["knn_top1"] and final["steps"] == summary["steps"]
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    from siamssl.loggers import LoggerContext, WandbLogger, WandbOptions
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    options = WandbOptions(mode="offline", project="p")
+    first = WandbLogger(LoggerContext(tmp_path, {"seed": 0}, options))
+    first.close(failed=True)  # e.g. interrupted
+    resumed = WandbLogger(LoggerContext(tmp_path, {"seed": 0}, options, resumed_at=3))
+    resumed.close()
+    fresh = WandbLogger(LoggerContext(tmp_path, {"seed": 0}, options))  # a new run (overwrite) gets a new id
+    fresh.close()
+    assert resumed.run.id == first.run.id != fresh.run.id
