@@ -68,8 +68,8 @@ def _cifar_stem_error(library: str, model: str, cls_name: str) -> ConfigError:
     return ConfigError(
         f"backbone.cifar_stem=true needs a ResNet with a single-convolution stem (torchvision: resnet*, resnext*, "
         f"wide_resnet*; timm: resnet18/26/34/50/101/152, resnext*, wide_resnet*, seresnet*...), but {library} model "
-        f"'{model}' is a {cls_name}; for a ViT on small images set backbone.kwargs.img_size/patch_size (timm) or "
-        "image_size (torchvision) instead"
+        f"'{model}' is a {cls_name}: set backbone.cifar_stem=false (a ViT takes small images through "
+        "backbone.kwargs.img_size/patch_size in timm, image_size in torchvision)"
     )
 
 
