@@ -39,7 +39,7 @@ from siamssl.schema import unknown_key_error
 
 TIMM_MISSING = "backbone.name=timm needs the timm package: pip install 'siamssl[timm]' (or pip install timm)"
 NO_DOWNLOAD = "siamssl builds backbones without pretrained weights (SSL pretraining starts from a random initialization)"
-_CLASSIFIER_KEYS = {"num_classes": "the backbone returns features; the method adds its own heads"}
+HEADLESS = "the backbone returns features; the method adds its own heads"
 
 
 def _kwargs_error(key: str, reason: str) -> ConfigError:
@@ -133,7 +133,7 @@ class TimmConfig:
                 raise _kwargs_error(key, NO_DOWNLOAD)
         for key in ("num_classes", "features_only"):
             if key in self.kwargs:
-                raise _kwargs_error(key, _CLASSIFIER_KEYS["num_classes"])
+                raise _kwargs_error(key, HEADLESS)
         try:
             reference = timm_reference(self.model, {}, num_classes=0)
         except Exception:  # noqa: BLE001 — a model that cannot be traced on meta: its kwargs are checked when built
@@ -220,7 +220,7 @@ class TorchvisionConfig:
         if "weights" in self.kwargs:
             raise _kwargs_error("weights", NO_DOWNLOAD)
         if "num_classes" in self.kwargs:
-            raise _kwargs_error("num_classes", _CLASSIFIER_KEYS["num_classes"])
+            raise _kwargs_error("num_classes", HEADLESS)
         for key in self.kwargs:
             if key in fixed:
                 raise _kwargs_error(key, f"torchvision's {self.model} sets it; choose the model name with the size you want")
