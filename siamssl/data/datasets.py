@@ -214,8 +214,9 @@ def _cifar(cfg: DataConfig, cls_name: str, mean: tuple, std: tuple, num_classes:
 
 
 def _cifar_image_folder(cfg: DataConfig, cls_name: str, mean: tuple, std: tuple, num_classes: int) -> LabeledImages:
-    """CIFAR as an image folder: the class folders sorted by name (CIFAR-10's names sort into its label
-    order), with CIFAR's published statistics."""
+    """CIFAR as an image folder: the class folders sorted by name (CIFAR-10's and CIFAR-100's class
+    names are in alphabetical order, so the labels match the pickled layout's), with CIFAR's
+    published statistics."""
     data = imagefolder(cfg)
     if len(data.classes) != num_classes:
         raise DataError(
