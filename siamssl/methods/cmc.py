@@ -13,6 +13,7 @@ linear evaluation does (``LinearProbing.py``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -33,13 +34,21 @@ LAB_MEAN = ((0 + 100) / 2, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
 LAB_STD = ((100 - 0) / 2, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
 
 
+@functools.lru_cache(maxsize=None)
+def _lab_constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The RGB→XYZ matrix and the D65 white on ``device``, made once (a tensor made from Python
+    numbers on a GPU is a blocking copy, which must not happen at every step)."""
+    matrix = torch.tensor(_XYZ_FROM_RGB, dtype=dtype).to(device)
+    white = torch.tensor(_D65_WHITE, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return matrix, white
+
+
 def rgb_to_lab(rgb: Tensor) -> Tensor:
     """sRGB in [0, 1] (B, 3, H, W) → CIE Lab (L in [0, 100]), the formulas of skimage's ``rgb2lab``:
     inverse sRGB gamma, linear RGB → XYZ, XYZ / D65 white, then ``L = 116 f(Y) − 16``,
     ``a = 500 (f(X) − f(Y))``, ``b = 200 (f(Y) − f(Z))`` with ``f(t) = t^(1/3)`` above 0.008856."""
     linear = torch.where(rgb > 0.04045, ((rgb.clamp_min(0.04045) + 0.055) / 1.055).pow(2.4), rgb / 12.92)
-    matrix = torch.tensor(_XYZ_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
-    white = torch.tensor(_D65_WHITE, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    matrix, white = _lab_constants(rgb.device, rgb.dtype)
     xyz = torch.einsum("ij,bjhw->bihw", matrix, linear) / white
     f = torch.where(xyz > 0.008856, xyz.clamp_min(0.008856).pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
     fx, fy, fz = f.unbind(dim=1)
