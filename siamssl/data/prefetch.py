@@ -103,7 +103,7 @@ class Prefetcher(Generic[Item, Out]):
     def _run(self) -> None:
         cuda = self.device.type == "cuda"
         try:
-            if cuda:
+            if cuda and self.device.index is not None:
                 torch.cuda.set_device(self.device)  # a new thread starts on device 0
             stream = torch.cuda.Stream(self.device) if cuda else None
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
