@@ -9,15 +9,18 @@ largest crop, and resized with the same separable antialiased filter matrices as
 (:func:`~siamssl.data.batched.resize_weights`): each crop's matrices weight its own rows and columns
 only, so the padding never contributes. Results equal ``F.interpolate(crop, antialias=True)`` to float
 rounding; the work is a handful of kernels per size group instead of several per crop, and the
-padding adds at most 1.25² = 56% to a group's multiply work.
+padding adds at most 1.25² = 56% to a group's multiply work. On the CPU, where arithmetic rather
+than calls is the cost, each crop keeps its own ``F.interpolate``.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from siamssl.data.batched import resize_weights, to_device
@@ -37,14 +40,22 @@ def size_groups(heights: list[int], widths: list[int], factor: float = GROUP_FAC
 
 
 def resized_crops_of_images(
-    images: list[Tensor], boxes: Tensor, flip: Tensor, size: int, interpolation: str, factor: float = GROUP_FACTOR
+    images: list[Tensor], boxes: Tensor, flip: Tensor, size: int, interpolation: str,
+    grouped: Optional[bool] = None, factor: float = GROUP_FACTOR,
 ) -> Tensor:
     """Crop box ``boxes[v, n]`` (top, left, height, width) of ``images[n]`` (uint8 (3, Hₙ, Wₙ), any
     sizes), resize it to ``size``² with the antialiased ``interpolation`` filter, mirror it where
     ``flip[v, n]``: float32 (V, N, 3, size, size) in [0, 1] (not clamped) on the images' device.
-    ``boxes`` and ``flip`` are host tensors."""
-    views, count = boxes.shape[:2]
+    ``boxes`` and ``flip`` are host tensors.
+
+    ``grouped`` (default: on every device but the CPU) resizes by size groups with matrix products;
+    otherwise each crop has its own ``F.interpolate``. The matrices cost O(h·w·size) multiply-adds
+    per crop against the filter's O((h + size)·w·taps): free on a GPU, where the number of kernel
+    launches is what counts, but several times slower on CPU cores for crops of large photos."""
     device = images[0].device
+    if not (device.type != "cpu" if grouped is None else grouped):
+        return _one_by_one(images, boxes, flip, size, interpolation)
+    views, count = boxes.shape[:2]
     flat_boxes = boxes.reshape(-1, 4)
     tops, lefts, heights, widths = (column.tolist() for column in flat_boxes.unbind(1))
     flips = flip.reshape(-1).tolist()
@@ -68,3 +79,16 @@ def resized_crops_of_images(
         x = torch.matmul(rows.mul_(1.0 / 255.0).unsqueeze(1), x.view(len(group), 3, group_height, size))
         out.index_copy_(0, to_device(torch.tensor(group), device), x)
     return out.view(views, count, 3, size, size)
+
+
+def _one_by_one(images: list[Tensor], boxes: Tensor, flip: Tensor, size: int, interpolation: str) -> Tensor:
+    views, count = boxes.shape[:2]
+    mode = "bicubic" if interpolation == "bicubic" else "bilinear"
+    crops = []
+    for v in range(views):
+        for n, image in enumerate(images):
+            top, left, h, w = boxes[v, n].tolist()
+            crop = image[:, top : top + h, left : left + w].unsqueeze(0).to(torch.float32)
+            crop = F.interpolate(crop, size=(size, size), mode=mode, align_corners=False, antialias=True)
+            crops.append(crop.flip(-1) if bool(flip[v, n]) else crop)
+    return torch.cat(crops).view(views, count, 3, size, size).mul_(1.0 / 255.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import fields, is_dataclass
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
@@ -86,6 +87,7 @@ class Prefetcher(Generic[Item, Out]):
         self.timeout_s, self.source_error = timeout_s, source_error
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._in_source = False
         self._thread = threading.Thread(target=self._run, name="siamssl-prefetch", daemon=True)
         self._thread.start()
 
@@ -108,6 +110,7 @@ class Prefetcher(Generic[Item, Out]):
             stream = torch.cuda.Stream(self.device) if cuda else None
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 while not self._stop.is_set():
+                    self._in_source = True
                     try:
                         item = next(self.source)
                     except StopIteration:
@@ -115,6 +118,8 @@ class Prefetcher(Generic[Item, Out]):
                     except Exception as error:  # noqa: BLE001 — handed to the consumer
                         self._put(_Failure(self.source_error(error)))
                         return
+                    finally:
+                        self._in_source = False
                     result = self.produce(item)
                     event = None
                     if stream is not None:
@@ -154,12 +159,23 @@ class Prefetcher(Generic[Item, Out]):
             self.close()
 
     def close(self) -> None:
-        """Stop the thread (it finishes the result it is computing) and drop what it prepared."""
+        """Stop the thread and drop what it prepared. Waits for the result it is computing (a thread
+        left inside torch kernels at interpreter exit aborts the process), but at most a second for
+        one it is still waiting to read: a stalled read must not hang the caller."""
         self._stop.set()
+        if self._thread is threading.current_thread():
+            return
+        patience = time.monotonic() + 1.0
+        while self._thread.is_alive():
+            self._drain()
+            self._thread.join(timeout=0.05)
+            if self._in_source and time.monotonic() > patience:
+                break
+        self._drain()
+
+    def _drain(self) -> None:
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
-                break
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=1.0)
+                return

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import write_jpeg, write_png
 
-from siamssl.data.batched import BatchedAugment, crop_boxes, resized_crops
+from siamssl.data.batched import BatchedAugment, crop_boxes
 from siamssl.data.config import AugmentConfig
-from siamssl.data.crops import size_groups
+from siamssl.data.crops import resized_crops_of_images, size_groups
 from siamssl.data.datasets import ImageSplit
 from siamssl.data.decode import JPEG_BYTES, PIXELS, UNREADABLE, decode_batch, read_batch
 from siamssl.data.loader import BatchedTrainLoader
@@ -253,7 +253,7 @@ def test_grouped_resize_matches_per_image_interpolate(interpolation):
     widths = torch.tensor([im.shape[2] for im in images])
     boxes = crop_boxes(uniforms, heights, widths, (0.08, 1.0), (3 / 4, 4 / 3))
     flip = torch.rand(views, len(images), generator=generator) < 0.5
-    grouped = resized_crops(images, boxes, flip, size, interpolation)
+    grouped = resized_crops_of_images(images, boxes, flip, size, interpolation, grouped=True).clamp(0.0, 1.0)
     for v in range(views):
         for n, image in enumerate(images):
             top, left, h, w = boxes[v, n].tolist()
