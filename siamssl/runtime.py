@@ -87,8 +87,9 @@ def forbid_host_sync(device: torch.device) -> Iterator[None]:
     call (``.item()``, a blocking copy to or from the device, ``nonzero``, a solver's status check...)
     raises. Elsewhere (CPU tests of the same code): the Tensor methods that read a value on the host
     (``item``, ``tolist``, ``numpy``, ``cpu``, ``bool()``, ``int()``, ``float()``, ``__index__``)
-    raise :class:`HostSyncError` for the body. The patch is process-wide: keep other threads that
-    touch tensors idle meanwhile.
+    raise :class:`HostSyncError` for the body. Both are process-wide, not per thread: the loader
+    thread of image-folder runs (which decodes with nvJPEG and reads host tensors) must be idle
+    meanwhile, so check steps fed by in-memory data, or batches fetched before entering.
 
     Usage (the training step of the trainer, after a warm-up step outside)::
 
