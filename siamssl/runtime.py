@@ -89,7 +89,7 @@ def forbid_host_sync(device: torch.device) -> Iterator[None]:
     (``item``, ``tolist``, ``numpy``, ``cpu``, ``bool()``, ``int()``, ``float()``, ``__index__``)
     raise :class:`HostSyncError` for the body. Both are process-wide, not per thread: the loader
     thread of image-folder runs (which decodes with nvJPEG and reads host tensors) must be idle
-    meanwhile, so check steps fed by in-memory data, or batches fetched before entering.
+    meanwhile: check steps fed by in-memory data.
 
     Usage (the training step of the trainer, after a warm-up step outside)::
 
