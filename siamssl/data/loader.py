@@ -98,8 +98,10 @@ class TrainLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device = torch.device("cpu"),
+        timeout_s: float = 300.0,
     ) -> None:
         self.steps_per_epoch = _check_batch(len(split), global_batch_size, world_size)
+        self.timeout_s = timeout_s
         self.split, self.transforms = split, list(transforms)
         self.global_batch_size, self.local_batch_size = global_batch_size, global_batch_size // world_size
         self.seed, self.num_workers, self.rank, self.device = seed, num_workers, rank, device
@@ -116,9 +118,10 @@ class TrainLoader:
             num_workers=self.num_workers if steps > 0 else 0,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
+            timeout=self.timeout_s if self.num_workers > 0 and steps > 0 else 0,
         )
         non_blocking = self.device.type == "cuda"
-        for views, index, labels in loader:
+        for views, index, labels in _one_line_errors(loader):
             yield Batch(
                 views=[v.to(self.device, non_blocking=non_blocking) for v in views],
                 index=index.to(self.device, non_blocking=non_blocking),
@@ -215,6 +218,19 @@ class BatchedTrainLoader:
         yield from prefetcher
 
 
+def _one_line_errors(loader: DataLoader) -> Iterator:
+    """Iterate ``loader``, its worker crashes and timeouts raised as one-line DataErrors."""
+    iterator = iter(loader)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as error:
+            raise _loader_error(error) from None
+        yield item
+
+
 def _loader_error(error: BaseException) -> BaseException:
     """DataLoader failures (a worker killed, a timeout) as one line; DataErrors as they are."""
     if isinstance(error, DataError):
@@ -257,7 +273,7 @@ def build_train_loader(
             prefetch_batches=cfg.prefetch_batches, timeout_s=cfg.loader_timeout_s,
         )
     transforms = view_transforms(cfg.augment, mean, std)
-    return TrainLoader(split, transforms, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device)
+    return TrainLoader(split, transforms, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device, cfg.loader_timeout_s)
 
 
 def eval_batches(

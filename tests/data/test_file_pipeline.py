@@ -200,6 +200,24 @@ def test_a_stalled_read_ends_with_a_one_line_error(tmp_path, num_workers):
     assert "\n" not in message and "stalled" in message and "data.loader_timeout_s" in message
 
 
+def test_a_stalled_read_in_the_per_sample_pipeline_ends_with_a_one_line_error(tmp_path):
+    from siamssl.data.augment import view_transforms
+    from siamssl.data.loader import TrainLoader
+
+    paths = write_files(tmp_path, random_images(8, low=20, high=24))
+    fifo = tmp_path / "stalled.jpg"
+    os.mkfifo(fifo)
+    paths[5] = str(fifo)
+    split = ImageSplit(labels=torch.zeros(8, dtype=torch.long), paths=paths)
+    loader = TrainLoader(split, view_transforms(AugmentConfig(crop_size=16), MEAN, STD), 4, seed=0, num_workers=1, timeout_s=1.5)
+    try:
+        with pytest.raises(DataError) as error:
+            [b for b in loader.batches(0)]
+    finally:
+        _release(fifo)
+    assert "\n" not in str(error.value) and "stalled" in str(error.value)
+
+
 def test_no_batch_at_all_within_the_timeout_is_loader_stalled():
     release = threading.Event()
 
