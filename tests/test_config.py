@@ -8,10 +8,12 @@ from siamssl.methods import SimSiam
 from siamssl.config import all_keys, apply_override, config_from_dict, load_config
 from tests.conftest import tiny_raw
 
-CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+assert CONFIGS, f"no recipes under {CONFIG_DIR}"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(CONFIG_DIR).as_posix() for p in CONFIGS])
 def test_every_shipped_config_validates(path):
     cfg = load_config(str(path))
     assert cfg.to_dict()["method"]["name"] == cfg.method.name
