@@ -16,7 +16,8 @@ the background loader thread, and trained on by siamssl's Trainer with BYOL's Im
 
 From Python (the GPU acceptance script)::
 
-    from scripts.bench_imagefolder import bench_imagefolder
+    from scripts.bench_imagefolder import bench_imagefolder, check_file_pipeline
+    check = check_file_pipeline("cuda")          # correctness first, seconds
     figures = bench_imagefolder(device="cuda", batch_size=256, steps=20)
 """
 
@@ -172,6 +173,81 @@ def bench_imagefolder(
     }
 
 
+def check_file_pipeline(device: str = "cuda", num_workers: int = 2) -> dict[str, Any]:
+    """Correctness of the ImageFolder path on ``device`` in seconds (run it before timing it).
+
+    On 26 generated files of different sizes (JPEGs, one PNG, one corrupt JPEG), batch 8, 2 global
+    crops of 32 px and 2 local crops of 16 px:
+
+    * ``same_indices_as_cpu`` / ``views_vs_cpu_mean_abs`` / ``views_vs_cpu_max_abs``: the device path
+      (nvJPEG, grouped resize, loader thread on its own stream) against the CPU path (libjpeg in the
+      workers, one ``F.interpolate`` per crop), in normalized units; decoders differ by a few levels
+      (about 0.01-0.03 mean), a stream race or a wrong crop shows as far more;
+    * ``repeat_max_abs``: the device path twice (0 up to kernel nondeterminism);
+    * ``corrupt_warnings``: warnings naming the corrupt file (≥ 1, and the run went on);
+    * ``grouped_resize_max_abs``: grouped resize against one ``F.interpolate`` per crop, both on ``device``.
+    """
+    import warnings
+
+    from torchvision.io import encode_jpeg, encode_png
+
+    from siamssl.data.batched import BatchedAugment, crop_boxes
+    from siamssl.data.config import AugmentConfig
+    from siamssl.data.crops import resized_crops_of_images
+    from siamssl.data.datasets import ImageSplit
+    from siamssl.data.loader import BatchedTrainLoader
+    from siamssl.errors import CorruptImageWarning
+
+    target = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    images = []
+    with tempfile.TemporaryDirectory(prefix="siamssl-check-") as scratch:
+        paths = []
+        for i in range(26):
+            h, w = (int(v) for v in torch.randint(48, 160, (2,), generator=generator))
+            coarse = torch.rand(1, 3, 6, 8, generator=generator)
+            image = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1).mul(255).to(torch.uint8)[0]
+            images.append(image)
+            path = Path(scratch) / (f"{i:03d}.png" if i == 7 else f"{i:03d}.jpg")
+            encoded = encode_png(image) if i == 7 else encode_jpeg(image, quality=90)
+            path.write_bytes(b"\xff\xd8" + bytes(range(200)) if i == 11 else bytes(encoded.numpy()))
+            paths.append(str(path))
+        split = ImageSplit(labels=torch.arange(26) % 4, paths=paths)
+        augment = BatchedAugment(AugmentConfig(crop_size=32, small_crops=2, small_crop_size=16, blur_p=[1.0, 0.1], solarize_p=[0.0, 0.2]),
+                                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+        def run(on: torch.device) -> tuple[list, list]:
+            loader = BatchedTrainLoader(split, augment, 8, seed=0, num_workers=num_workers, device=on)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                batches = [([v.cpu() for v in b.views], b.index.cpu()) for b in loader.batches(0)]
+            return batches, [str(w.message) for w in caught if issubclass(w.category, CorruptImageWarning)]
+
+        on_device, corrupt = run(target)
+        again, _ = run(target)
+        on_cpu, _ = run(torch.device("cpu"))
+    diffs = torch.cat([(a - b).abs().flatten() for (va, _), (vb, _) in zip(on_device, on_cpu) for a, b in zip(va, vb)])
+    repeat = max(float((a - b).abs().max()) for (va, _), (vb, _) in zip(on_device, again) for a, b in zip(va, vb))
+
+    sources = [im.to(target) for im in images[:12]]
+    uniforms = torch.rand(2, 12, 36, dtype=torch.float64, generator=generator)
+    boxes = crop_boxes(uniforms, torch.tensor([im.shape[1] for im in images[:12]]), torch.tensor([im.shape[2] for im in images[:12]]),
+                       (0.08, 1.0), (3 / 4, 4 / 3))
+    flip = torch.rand(2, 12, generator=generator) < 0.5
+    grouped = resized_crops_of_images(sources, boxes, flip, 48, "bicubic", grouped=True)
+    one_by_one = resized_crops_of_images(sources, boxes, flip, 48, "bicubic", grouped=False)
+    return {
+        "device": str(target),
+        "batches": len(on_device),
+        "same_indices_as_cpu": all(torch.equal(a, b) for (_, a), (_, b) in zip(on_device, on_cpu)),
+        "views_vs_cpu_mean_abs": round(float(diffs.mean()), 4),
+        "views_vs_cpu_max_abs": round(float(diffs.max()), 4),
+        "repeat_max_abs": repeat,
+        "corrupt_warnings": sum("011.jpg" in message for message in corrupt),
+        "grouped_resize_max_abs": float((grouped - one_by_one).abs().max()),
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default=None, help="an ImageFolder tree (default: generated JPEGs)")
@@ -188,7 +264,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--image-size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--check-only", action="store_true", help="only check_file_pipeline (correctness, seconds)")
     args = parser.parse_args(argv)
+    check = check_file_pipeline(args.device)
+    print("\n".join(f"check {k}: {v}" for k, v in check.items()))
+    if args.check_only:
+        return 0
     figures = bench_imagefolder(
         args.root, args.device, args.batch_size, args.steps, args.warmup, args.workers, args.prefetch, args.precision,
         args.channels_last, args.backbone, args.crop_size, tuple(args.image_size), tuple(args.overrides),
