@@ -69,3 +69,53 @@ def message(text: str) -> None:
     """A line for the user, from the main process only, that does not break the progress bar."""
     if is_main_process():
         tqdm.write(f"siamssl: {text}", file=sys.stderr)
+
+
+class HostSyncError(RuntimeError):
+    """A tensor's value was read on the host inside a region that must not synchronize."""
+
+
+# Tensor methods that read device values on the host (on a GPU each one waits for the stream).
+_HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextmanager
+def forbid_host_sync(device: torch.device) -> Iterator[None]:
+    """Fail loudly if the body synchronizes the host with ``device``.
+
+    On CUDA: ``torch.cuda.set_sync_debug_mode("error")`` for the body, so any synchronizing CUDA
+    call (``.item()``, a blocking copy to or from the device, ``nonzero``, a solver's status check...)
+    raises. Elsewhere (CPU tests of the same code): the Tensor methods that read a value on the host
+    (``item``, ``tolist``, ``numpy``, ``cpu``, ``bool()``, ``int()``, ``float()``, ``__index__``)
+    raise :class:`HostSyncError` for the body. Both are process-wide, not per thread: the loader
+    thread of image-folder runs (which decodes with nvJPEG and reads host tensors) must be idle
+    meanwhile: check steps fed by in-memory data.
+
+    Usage (the training step of the trainer, after a warm-up step outside)::
+
+        with forbid_host_sync(trainer.device):
+            trainer._train_step(batch, epoch)
+    """
+    if device.type == "cuda":
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+        return
+    originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
+
+    def forbidden(name: str):
+        def read(self, *args, **kwargs):
+            raise HostSyncError(f"Tensor.{name} read a tensor on the host inside forbid_host_sync()")
+
+        return read
+
+    try:
+        for name in _HOST_READS:
+            setattr(torch.Tensor, name, forbidden(name))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
