@@ -18,7 +18,7 @@ import torch
 
 from siamssl.config import config_from_dict
 from siamssl.methods.registry import METHODS
-from siamssl.runtime import HostSyncError, forbid_host_sync
+from siamssl.runtime import HostSyncError, forbid_host_sync, record_host_syncs
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_method_names, tiny_raw
 
@@ -74,3 +74,13 @@ def test_training_step_reads_nothing_on_the_host(method, overrides, tmp_path):
     after = trainer.method.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "the steps changed nothing"
     assert trainer._window_steps == 3
+
+
+def test_record_host_syncs_lists_every_host_read_and_restores():
+    x = torch.ones(3)
+    with record_host_syncs(torch.device("cpu")) as found:
+        (x * 2).sum().item()
+        bool(x.any())
+        (x + 1).mul(2)
+    assert found == ["Tensor.item", "Tensor.__bool__"]
+    assert float(x.sum()) == 3.0 and torch.Tensor.item.__name__ == "item"  # the methods are restored
