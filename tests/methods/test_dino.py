@@ -200,11 +200,13 @@ def test_vit_recipe_validates_with_the_vit_backbone_and_trains_on_a_resnet(tmp_p
     """dino_vit_imagenet.yaml names ``vit_small`` with ``patch_size: 16`` (siamssl/backbones/vit.py).
     Its method, optimizer (AdamW, weight-decay cosine) and data sections run here on the tiny ResNet."""
     raw = yaml.safe_load((CONFIGS / "dino_vit_imagenet.yaml").read_text())
-    assert raw["backbone"] == {"name": "vit_small", "patch_size": 16}
+    assert raw["backbone"] == {"name": "vit_small", "patch_size": 16, "drop_path_rate": 0.1, "init": "dino"}
     if "vit_small" in BACKBONES:
-        assert config_from_dict(copy.deepcopy(raw)).backbone.options.patch_size == 16
+        options = config_from_dict(copy.deepcopy(raw)).backbone.options
+        assert (options.patch_size, options.drop_path_rate, options.init) == (16, 0.1, "dino")
     resnet_raw = shipped_config_raw(str(CONFIGS / "dino_vit_imagenet.yaml"), str(tmp_path / "run"), "method.out_dim=4096")
-    del resnet_raw["backbone"]["patch_size"]
+    for vit_only in ("patch_size", "drop_path_rate", "init"):
+        del resnet_raw["backbone"][vit_only]
     cfg = config_from_dict(resnet_raw)
     assert cfg.optim.weight_decay_end == 0.4 and cfg.optim.name == "adamw"
     trainer = Trainer(cfg)
@@ -224,3 +226,21 @@ def test_vit_student_takes_the_small_crops_with_interpolated_positions() -> None
     out = method(Batch(views=_crops(), index=torch.arange(8)), TrainingProgress(0, 20, 0, 2))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and method.backbone.conv_proj.weight.grad.abs().sum() > 0
+
+
+def test_vit_student_has_stochastic_depth_and_its_teacher_none() -> None:
+    """dino_vit_imagenet.yaml's drop_path_rate 0.1 as main_dino.py: the student drops residual
+    branches in training, the teacher (the EMA copy, run in eval mode without BatchNorm) never."""
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("vit_tiny", image_size=8, patch_size=4, hidden_dim=16, num_heads=2, num_layers=3, drop_path_rate=0.5)
+    method = DINO(backbone, dim, DINO.Config(out_dim=32, hidden_dim=16, bottleneck_dim=8, clip_grad=None))
+    method.train()
+    images = torch.randn(16, 3, 8, 8)
+    batch = Batch(views=[images, images.flip(3)], index=torch.arange(16))
+    method(batch, TrainingProgress(0, 1, 0, 1))
+    assert not method.teacher_backbone.training  # the forward put the teacher in eval mode
+    teacher_a, teacher_b = method.teacher_backbone(images), method.teacher_backbone(images)
+    student_a, student_b = method.backbone(images), method.backbone(images)
+    assert torch.equal(teacher_a, teacher_b) and not torch.allclose(student_a, student_b)
+    method.backbone.eval()
+    torch.testing.assert_close(method.backbone(images), teacher_a)  # same weights before any EMA step
