@@ -9,7 +9,7 @@ backbone mapping images to features (ResNets, ViTs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,8 @@ class DINO(SSLMethod):
         warmup_teacher_temp, warmup_teacher_temp_epochs: τ_t rises linearly from 0.04 over 30 epochs.
         center_momentum: m of the centre c ← m·c + (1 − m)·mean teacher output (0.9).
         teacher_momentum: base EMA rate of the teacher, cosine to 1 (0.996).
+        teacher_momentum_schedule: ``cosine`` (to 1 over training, main_dino.py) or ``constant``
+            (lightly's CIFAR-10 benchmark: 0.99 throughout).
         clip_grad: clip each student gradient to this norm on its own (3.0; null or 0 disables).
         freeze_last_layer_epochs: the last layer gets no update for this many epochs (1).
         """
@@ -80,6 +82,7 @@ class DINO(SSLMethod):
         warmup_teacher_temp_epochs: int = 30
         center_momentum: float = 0.9
         teacher_momentum: float = 0.996
+        teacher_momentum_schedule: Literal["cosine", "constant"] = "cosine"
         clip_grad: Optional[float] = 3.0
         freeze_last_layer_epochs: int = 1
 
@@ -143,7 +146,9 @@ class DINO(SSLMethod):
                 p.grad = None
 
     def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
-        momentum = cosine_momentum(self.cfg.teacher_momentum, progress.step, progress.total_steps)
+        momentum = self.cfg.teacher_momentum
+        if self.cfg.teacher_momentum_schedule == "cosine":
+            momentum = cosine_momentum(momentum, progress.step, progress.total_steps)
         ema_update_(self.teacher_backbone, self.backbone, momentum)
         ema_update_(self.teacher_head, self.head, momentum)
 
