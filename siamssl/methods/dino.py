@@ -67,6 +67,8 @@ class DINO(SSLMethod):
             (lightly's CIFAR-10 benchmark: 0.99 throughout).
         clip_grad: clip each student gradient to this norm on its own (3.0; null or 0 disables).
         freeze_last_layer_epochs: the last layer gets no update for this many epochs (1).
+        evaluate: the backbone ``embed`` returns for evaluation: ``teacher`` (DINO's ``eval_knn.py
+            --checkpoint_key teacher``) or ``student`` (lightly's benchmark kNN).
         """
 
         out_dim: int = 65536
@@ -85,6 +87,7 @@ class DINO(SSLMethod):
         teacher_momentum_schedule: Literal["cosine", "constant"] = "cosine"
         clip_grad: Optional[float] = 3.0
         freeze_last_layer_epochs: int = 1
+        evaluate: Literal["teacher", "student"] = "teacher"
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: "DINO.Config") -> None:
         super().__init__()
@@ -154,5 +157,6 @@ class DINO(SSLMethod):
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        """The teacher backbone's features, which DINO evaluates (``--checkpoint_key teacher``)."""
-        return self.teacher_backbone(images)
+        """The teacher backbone's features, which DINO evaluates (``--checkpoint_key teacher``), or
+        the student's (``evaluate: student``)."""
+        return (self.backbone if self.cfg.evaluate == "student" else self.teacher_backbone)(images)

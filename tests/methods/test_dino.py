@@ -155,15 +155,19 @@ def test_dino_head_layout_and_weight_normalized_last_layer() -> None:
     assert with_bn.last_layer.weight_g.requires_grad
 
 
-def test_embed_uses_the_teacher_backbone() -> None:
-    method = _method()
+@pytest.mark.parametrize("evaluate", ["teacher", "student"])
+def test_embed_uses_the_configured_backbone(evaluate: str) -> None:
+    """The teacher by default (DINO's eval_knn.py); the student with ``evaluate: student`` (lightly's
+    benchmark kNN)."""
+    method = _method(evaluate=evaluate)
     with torch.no_grad():
         for p in method.teacher_backbone.parameters():
             p.mul_(0.5)
     method.eval()
     images = torch.randn(4, 3, 16, 16)
-    torch.testing.assert_close(method.embed(images), method.teacher_backbone(images))
-    assert not torch.allclose(method.embed(images), method.backbone(images))
+    chosen, other = (method.teacher_backbone, method.backbone) if evaluate == "teacher" else (method.backbone, method.teacher_backbone)
+    torch.testing.assert_close(method.embed(images), chosen(images))
+    assert not torch.allclose(method.embed(images), other(images))
 
 
 def test_short_multicrop_run_stays_away_from_log_k() -> None:
