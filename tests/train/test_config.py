@@ -8,13 +8,22 @@ from siamssl.methods import SimSiam
 from siamssl.train.config import all_keys, apply_override, config_from_dict, load_config
 from tests.conftest import tiny_raw
 
-CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
+CONFIG_ROOT = Path(__file__).resolve().parents[2].joinpath("configs")
+CONFIGS = sorted(CONFIG_ROOT.rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_ROOT)) for p in CONFIGS])
 def test_every_shipped_config_validates(path):
+    """Every recipe, those in subfolders (configs/benchmarks/...) included, loads and names its source."""
     cfg = load_config(str(path))
     assert cfg.to_dict()["method"]["name"] == cfg.method.name
+    header = path.read_text().split("\n", 1)[0]
+    assert header.startswith("# "), f"{path.name} does not start with its source comment"
+
+
+def test_benchmark_configs_are_found_in_their_subfolder():
+    lightly = {p.stem for p in CONFIGS if p.parent.name == "lightly_cifar10"}
+    assert lightly == {"simsiam", "byol", "moco", "simclr", "barlow_twins", "swav", "dino"}
 
 
 def test_required_keys_exist():
