@@ -19,7 +19,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         description="Pretrain an encoder with a Siamese self-supervised method.",
         epilog="Example: python -m siamssl.train --config configs/simsiam.yaml data.root=./data trainer.epochs=200",
     )
-    parser.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    parser.add_argument("--config", help="YAML recipe (configs/*.yaml, configs/benchmarks/*/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value pairs applied on top of the YAML")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-keys", action="store_true", help="list every valid key for this config and exit")
