@@ -8,7 +8,7 @@ from siamssl.methods import SimSiam
 from siamssl.config import all_keys, apply_override, config_from_dict, load_config
 from tests.conftest import tiny_raw
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2].joinpath("configs")
+CONFIG_ROOT = Path(__file__).resolve().parents[1].joinpath("configs")
 CONFIGS = sorted(CONFIG_ROOT.rglob("*.yaml"))
 
 
@@ -54,7 +54,7 @@ def test_unknown_key_names_closest(tmp_path, override, expected):
     [
         ("trainer.epochs=ten", "'trainer.epochs' must be an integer, got 'ten'"),
         ("method.stop_gradient=maybe", "'method.stop_gradient' must be a boolean"),
-        ("optim.name=adam", "'optim.name' must be one of 'sgd', 'lars', 'adamw'"),
+        ("optim.name=adagrad", "'optim.name' must be one of 'sgd', 'lars', 'adamw', 'adam'"),
         ("data.augment.crop_scale=[0.2]", "'data.augment.crop_scale' must be a list of 2"),
         ("method.predictor=linear", "'method.predictor' must be one of 'learned', 'none', 'fixed_random'"),
     ],

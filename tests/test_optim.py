@@ -155,8 +155,8 @@ def test_adam_is_torch_adam_with_coupled_weight_decay():
     """``name: adam`` (lightly's CIFAR-10 SwAV benchmark) steps exactly as ``torch.optim.Adam`` with
     its L2 weight decay, and differs from ``adamw``'s decoupled decay."""
     from siamssl.methods.base import ParamGroup
-    from siamssl.train.config import OptimConfig
-    from siamssl.train.optim import build_optimizer
+    from siamssl.config import OptimConfig
+    from siamssl.optim import build_optimizer
 
     def run(make):
         torch.manual_seed(0)

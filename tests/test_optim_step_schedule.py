@@ -29,9 +29,9 @@ def test_instdisc_recipe_schedule_is_lemniscates_adjust_learning_rate():
     epochs 120 and 160 (epoch 80 starts the formula at 0.1⁰), constant within an epoch."""
     from pathlib import Path
 
-    from siamssl.train.config import load_config
+    from siamssl.config import load_config
 
-    cfg = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "instdisc.yaml"))
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "instdisc.yaml"))
     steps_per_epoch, epochs = 7, cfg.trainer.epochs
     assert epochs == 200 and cfg.optim.base_lr == 0.03 and cfg.optim.lr_scaling == "none"
 

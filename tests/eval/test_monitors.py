@@ -175,7 +175,7 @@ class _LabelInProjectorOnly(SSLMethod):
 
 
 def test_knn_monitor_votes_with_the_projector_output_when_asked():
-    from siamssl.train.monitors import KNNMonitor, KNNOptions
+    from siamssl.eval.monitors import KNNMonitor, KNNOptions
 
     labels = torch.arange(64) % 2
     images = torch.where(labels.view(-1, 1, 1, 1).bool(), 200, 50).expand(64, 3, 8, 8).to(torch.uint8).contiguous()
