@@ -99,15 +99,19 @@ def test_lightly_protocol_config_trains_two_steps(tmp_path, path):
     assert 0.0 <= summary["knn_top1"] <= 1.0
 
 
-@pytest.mark.parametrize("recipe", ["mocov1", "mocov2"])
-def test_moco_cifar_recipes_monitor_knn_on_the_head_output(tmp_path, recipe):
-    """The MoCo CIFAR demo votes with the 128-d output of encoder_q: the recipes' kNN monitor uses
-    method.project, whose output is the head's."""
-    raw = shipped_config_raw(str(REPO / "configs" / f"{recipe}.yaml"), str(tmp_path / "run"),
-                             "method.bn_splits=2", "eval.monitors=[knn]", "eval.knn.k=5")
+@pytest.mark.parametrize("recipe, extra", [("mocov1", ["method.bn_splits=2"]), ("mocov2", ["method.bn_splits=2"]), ("instdisc", [])])
+def test_recipes_monitor_knn_on_the_128d_output_as_their_sources(tmp_path, recipe, extra):
+    """The MoCo CIFAR demo votes with the 128-d output of encoder_q, lemniscate's kNN with the
+    l2-normalized 128-d embedding: the recipes' kNN monitor uses method.project, the head's output."""
+    raw = shipped_config_raw(str(REPO / "configs" / f"{recipe}.yaml"), str(tmp_path / "run"), *extra,
+                             "eval.monitors=[knn]", "eval.knn.k=5")
     cfg = config_from_dict(raw)
-    assert cfg.eval.monitors == ["knn"]
+    assert cfg.monitor_options["knn"].features == "projector"
     trainer = Trainer(cfg)
-    assert trainer.method.project(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
+    trainer.method.eval()
+    projected = trainer.method.project(torch.rand(2, 3, 32, 32))
+    assert projected.shape == (2, 128)
+    if recipe == "instdisc":
+        torch.testing.assert_close(projected.norm(dim=1), torch.ones(2))
     summary = trainer.fit()
     assert summary["steps"] == 2 and 0.0 <= summary["knn_top1"] <= 1.0
