@@ -35,7 +35,9 @@ class OptimConfig:
     ``schedule_unit: epoch`` changes the rate once per epoch (SimSiam/MoCo v2 code), ``step`` every
     step. ``schedule: step`` multiplies the rate by ``step_gamma`` at each epoch of ``step_milestones``
     (MoCo v1: ×0.1 at 120 and 160). ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation)
-    for 1-D parameters; default True for LARS and False for SGD/AdamW.
+    for 1-D parameters; default True for LARS and False for SGD/AdamW/Adam.
+    ``name: adam`` is ``torch.optim.Adam``, whose weight decay is an L2 term added to the gradient
+    (coupled; lightly's CIFAR-10 SwAV benchmark); ``adamw`` decouples it.
     ``weight_decay_end``: when set, the weight decay of the decayed groups follows a per-step cosine
     from ``weight_decay`` to this value (DINO: 0.04 → 0.4); groups excluded from decay or with their
     own ``weight_decay`` keep theirs.
@@ -43,7 +45,7 @@ class OptimConfig:
     rate never exceeds the scheduled rate, i.e. the update uses ``min(trust / lr, 1)``.
     """
 
-    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    name: Literal["sgd", "lars", "adamw", "adam"] = "sgd"
     base_lr: float = 0.05
     lr_scaling: Literal["linear", "none"] = "linear"
     momentum: float = 0.9
