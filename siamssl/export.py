@@ -223,8 +223,9 @@ def export(checkpoint: str | Path, fmt: str = "auto", output: Optional[str | Pat
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    called = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
     parser = argparse.ArgumentParser(
-        prog="python -m siamssl.export",
+        prog=called if called.startswith("siamssl-") else "python -m siamssl.export",
         description="Export a trained backbone's weights (torchvision naming or as is).",
         epilog="example: python -m siamssl.export --checkpoint runs/simsiam --format torchvision\n"
         "then: m = torchvision.models.resnet50(); m.fc = torch.nn.Identity(); m.load_state_dict(torch.load(PATH))",

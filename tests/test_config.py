@@ -8,13 +8,23 @@ from siamssl.methods import SimSiam
 from siamssl.config import all_keys, apply_override, config_from_dict, load_config
 from tests.conftest import tiny_raw
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+assert CONFIGS, f"no recipes under {CONFIG_DIR}"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(CONFIG_DIR).as_posix() for p in CONFIGS])
 def test_every_shipped_config_validates(path):
+    """Every recipe, those in subfolders (configs/benchmarks/...) included, loads and names its source."""
     cfg = load_config(str(path))
     assert cfg.to_dict()["method"]["name"] == cfg.method.name
+    header = path.read_text().split("\n", 1)[0]
+    assert header.startswith("# "), f"{path.name} does not start with its source comment"
+
+
+def test_benchmark_configs_are_found_in_their_subfolder():
+    lightly = {p.stem for p in CONFIGS if p.parent.name == "lightly_cifar10"}
+    assert lightly == {"simsiam", "byol", "moco", "simclr", "barlow_twins", "swav", "dino"}
 
 
 def test_required_keys_exist():
@@ -45,7 +55,7 @@ def test_unknown_key_names_closest(tmp_path, override, expected):
     [
         ("trainer.epochs=ten", "'trainer.epochs' must be an integer, got 'ten'"),
         ("method.stop_gradient=maybe", "'method.stop_gradient' must be a boolean"),
-        ("optim.name=adam", "'optim.name' must be one of 'sgd', 'lars', 'adamw'"),
+        ("optim.name=adagrad", "'optim.name' must be one of 'sgd', 'lars', 'adamw', 'adam'"),
         ("data.augment.crop_scale=[0.2]", "'data.augment.crop_scale' must be a list of 2"),
         ("method.predictor=linear", "'method.predictor' must be one of 'learned', 'none', 'fixed_random'"),
     ],

@@ -84,6 +84,10 @@ class DataConfig:
     keep the native size, which must then be the same for every image). ``in_memory``: decode once
     into a uint8 cache (small datasets); False decodes files every epoch (ImageNet-scale folders).
     ``train_subset``/``test_subset``: use N images of a split, a fixed random sample (quick runs).
+    ``prefetch_batches``: batches of image files that the batched pipeline decodes and augments ahead
+    of the training step, in a background thread (on its own CUDA stream on a GPU).
+    ``loader_timeout_s``: the longest wait for one training batch of files before the run stops with
+    a one-line error (a hung file system or a stuck worker); 0 waits forever.
     """
 
     dataset: str = "cifar10"
@@ -96,6 +100,8 @@ class DataConfig:
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     cache_dir: Optional[str] = None
+    prefetch_batches: int = 2
+    loader_timeout_s: float = 300.0
     download: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)

@@ -9,7 +9,7 @@ checkpoints. Adding one needs no change to the trainer: register it and list it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +67,12 @@ class Monitor:
 MONITORS: Registry[type[Monitor]] = Registry("monitor")
 
 
-def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext, limit: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """Features of ``method.embed`` on a split (``limit`` of its samples), with the model in eval mode."""
+def split_features(
+    method: SSLMethod, split: ImageSplit, context: MonitorContext, limit: Optional[int] = None,
+    encode: Optional[Callable[[Tensor], Tensor]] = None,
+) -> tuple[Tensor, Tensor]:
+    """Features of ``encode`` (default ``method.embed``) on a split (``limit`` of its samples), with
+    the model in eval mode."""
     was_training = method.training
     method.eval()
     try:
@@ -76,7 +80,7 @@ def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext
             split.subset(limit), context.batch_size, context.mean, context.std,
             context.device, context.crop_size, context.num_workers,
         )
-        return extract_features(method.embed, batches)
+        return extract_features(encode or method.embed, batches)
     finally:
         method.train(was_training)
 
@@ -85,18 +89,22 @@ def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext
 class KNNOptions:
     """Weighted kNN monitor (InstDisc protocol): ``k`` neighbours, temperature ``temperature``, the
     train split (``max_train_samples`` of it) as memory bank and the test split as queries.
-    ``random_init``: also measure the untrained encoder (``knn_top1_random_init``)."""
+    ``random_init``: also measure the untrained encoder (``knn_top1_random_init``).
+    ``features``: ``backbone`` (``method.embed``, the default) or ``projector`` (``method.project``,
+    e.g. the 128-d head output the MoCo CIFAR demo's kNN monitor votes with)."""
 
     k: int = 200
     temperature: float = 0.1
     max_train_samples: Optional[int] = None
     max_test_samples: Optional[int] = None
     random_init: bool = False
+    features: Literal["backbone", "projector"] = "backbone"
 
 
 @MONITORS.register("knn", config=KNNOptions)
 class KNNMonitor(Monitor):
-    """Reports ``knn_top1``: weighted kNN accuracy of the backbone features."""
+    """Reports ``knn_top1``: weighted kNN accuracy of the backbone features (or of the projector
+    output, ``features: projector``)."""
 
     options: KNNOptions
 
@@ -104,8 +112,9 @@ class KNNMonitor(Monitor):
         data = self.context.data
         if data.test is None:
             return float("nan")
-        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples)
-        query, query_labels = split_features(method, data.test, self.context, self.options.max_test_samples)
+        encode = method.project if self.options.features == "projector" else method.embed
+        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples, encode)
+        query, query_labels = split_features(method, data.test, self.context, self.options.max_test_samples, encode)
         k = self.options.k
         return knn_accuracy(query, query_labels, bank, bank_labels, len(data.classes), [k], self.options.temperature)[k]
 

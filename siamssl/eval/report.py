@@ -360,11 +360,11 @@ def _checkpoint_pictures(checkpoint: Path, options: ReportOptions, data_override
     return scalars, dims, loaded.config.to_dict()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m siamssl.eval.report") -> int:
     from siamssl.eval.runs import eval_parser, parse_overrides, run_cli
 
     parser = eval_parser(
-        "python -m siamssl.eval.report",
+        prog,
         "PNG plots (training curves, covariance spectrum, 2-D embedding) and report.md in a run directory.",
         ReportOptions,
         positional_run=True,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from siamssl.backbones import build_backbone
 from siamssl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from siamssl.config import Config
-from siamssl.data import build_dataset, build_train_loader
+from siamssl.data import LabeledImages, build_dataset, build_train_loader
 from siamssl.distributed import (
     all_reduce_mean,
     all_reduce_sum,
@@ -36,7 +36,7 @@ from siamssl.distributed import (
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
 from siamssl.eval.monitors import MONITORS, Monitor, MonitorContext
 from siamssl.loggers import RunLoggers, build_loggers, check_loggers_available
-from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
+from siamssl.methods import Batch, MethodContext, SSLMethod, TrainingProgress, build_method
 from siamssl.optim import (
     build_optimizer,
     peak_learning_rate,
@@ -57,6 +57,28 @@ _NO_BUFFER_BROADCAST = (
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
     else {"broadcast_buffers": False}
 )
+
+
+def build_run_method(cfg: Config, data: LabeledImages, steps_per_epoch: int, total_steps: int) -> SSLMethod:
+    """``cfg``'s method with its backbone (on the CPU), as every runner of a config builds it: the
+    trainer, and :class:`siamssl.integrations.lightning.SSLModule.from_config`."""
+    augment = cfg.data.augment
+
+    def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
+        return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
+
+    backbone, feature_dim = make_backbone()
+    context = MethodContext(
+        num_samples=len(data.pretraining_split()),
+        global_batch_size=cfg.data.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        image_size=augment.crop_size,
+        make_backbone=make_backbone,
+        image_mean=tuple(augment.mean or data.mean),
+        image_std=tuple(augment.std or data.std),
+    )
+    return build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context)
 
 
 class Interrupted(SiamSSLError):
@@ -94,21 +116,7 @@ class Trainer:
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
-            return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
-
-        backbone, feature_dim = make_backbone()
-        context = MethodContext(
-            num_samples=len(self.data.pretraining_split()),
-            global_batch_size=cfg.data.batch_size,
-            steps_per_epoch=self.steps_per_epoch,
-            total_steps=self.total_steps,
-            image_size=augment.crop_size,
-            make_backbone=make_backbone,
-            image_mean=tuple(augment.mean or self.data.mean),
-            image_std=tuple(augment.std or self.data.std),
-        )
-        self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
+        self.method = build_run_method(cfg, self.data, self.steps_per_epoch, self.total_steps).to(self.device)
         if cfg.trainer.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.sync_bn = cfg.trainer.sync_bn if cfg.trainer.sync_bn is not None else type(self.method).default_sync_bn
