@@ -99,3 +99,15 @@ def test_override_syntax_errors():
     raw = {"trainer": 3}
     with pytest.raises(ConfigError, match="not a section"):
         apply_override(raw, "trainer.epochs.x=1")
+
+
+def test_replacing_the_recipe_backbone_drops_only_the_options_it_does_not_take(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"backbone": {"name": "resnet_narrow", "cifar_stem": True, "widths": [8, 8, 8, 8]}}))
+    cfg = load_config(str(recipe), ["backbone.name=resnet18"])
+    assert cfg.backbone.name == "resnet18" and cfg.backbone.cifar_stem is True  # shared option kept
+    assert "its options widths do not apply to it and were dropped" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown config key 'backbone.widths'"):  # given on the command line: checked
+        load_config(str(recipe), ["backbone.name=resnet18", "backbone.widths=[8, 8, 8, 8]"])
+    kept = load_config(str(recipe), ["backbone.widths=[4, 4, 4, 4]"])  # same backbone: nothing dropped
+    assert kept.backbone.widths == (4, 4, 4, 4)
