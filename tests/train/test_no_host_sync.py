@@ -45,7 +45,9 @@ def no_tensors_from_host_values():
 
 
 def test_every_registered_method_has_a_tiny_config():
-    assert set(METHODS.names()) <= set(tiny_method_names())
+    # Methods that tests register for themselves (tests/train/test_trainer.py's NaN method...) are not the library's.
+    library = {name for name in METHODS.names() if METHODS.get(name).__module__.startswith("siamssl.")}
+    assert library <= set(tiny_method_names())
 
 
 def test_forbid_host_sync_catches_a_host_read():
