@@ -15,7 +15,7 @@ numbers; the main process logs them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -81,13 +81,14 @@ def split_features(
     split: ImageSplit,
     context: MonitorContext,
     limit: Optional[int] = None,
+    encode: Optional[Callable[[Tensor], Tensor]] = None,
     gather: bool = True,
     dtype: torch.dtype = torch.float32,
     normalize: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Features (in ``dtype``; l2-normalized in float32 first with ``normalize``) and labels of
-    ``method.embed`` on a split (``limit`` of its samples), with the model in eval mode and the
-    run's autocast. Under torchrun each rank embeds its slice of the samples; ``gather``: every
+    """Features of ``encode`` (default ``method.embed``) on a split (``limit`` of its samples), in
+    ``dtype`` (l2-normalized in float32 first with ``normalize``), with the model in eval mode and
+    the run's autocast. Under torchrun each rank embeds its slice of the samples; ``gather``: every
     rank gets all rows (in split order), else only its slice."""
     was_training = method.training
     method.eval()
@@ -97,7 +98,8 @@ def split_features(
             shard_split(subset), context.batch_size, context.mean, context.std,
             context.device, context.crop_size, context.num_workers,
         )
-        embed = (lambda images: F.normalize(method.embed(images).float(), dim=1)) if normalize else method.embed
+        encode = encode or method.embed
+        embed = (lambda images: F.normalize(encode(images).float(), dim=1)) if normalize else encode
         features, labels = extract_features(embed, batches, context.autocast_dtype, dtype)
         if gather:
             features, labels = gather_rows(features, len(subset)), gather_rows(labels, len(subset))
@@ -118,15 +120,18 @@ class KNNOptions:
     """Weighted kNN monitor (InstDisc protocol): ``k`` neighbours, temperature ``temperature``, the
     train split (``max_train_samples`` of it) as memory bank and the test split as queries.
     ``random_init``: also measure the untrained encoder (``knn_top1_random_init``).
-    ``bank_dtype``: the memory bank's storage and similarity dtype; ``auto`` is float16 on GPUs
-    (half the memory of a 1.28M-image ImageNet bank, same accuracy: docs/DISTRIBUTED.md) and
-    float32 on the CPU, where half-precision matrix products are slow."""
+    ``features``: ``backbone`` (``method.embed``, the default) or ``projector`` (``method.project``,
+    e.g. the 128-d head output the MoCo CIFAR demo's kNN monitor votes with).
+    ``bank_dtype``: the memory bank's storage dtype (similarities are float32 either way);
+    ``auto`` is float16 on GPUs (half the memory of a 1.28M-image ImageNet bank; top-1 within 0.3
+    points of float32 as measured in docs/DISTRIBUTED.md) and float32 on the CPU."""
 
     k: int = 200
     temperature: float = 0.1
     max_train_samples: Optional[int] = None
     max_test_samples: Optional[int] = None
     random_init: bool = False
+    features: Literal["backbone", "projector"] = "backbone"
     bank_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
 
 
@@ -135,7 +140,8 @@ _BANK_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 
 @MONITORS.register("knn", config=KNNOptions)
 class KNNMonitor(Monitor):
-    """Reports ``knn_top1``: weighted kNN accuracy of the backbone features.
+    """Reports ``knn_top1``: weighted kNN accuracy of the backbone features (or of the projector
+    output, ``features: projector``).
 
     Under torchrun each rank embeds its slice of the train split; the slices are gathered so that
     every rank holds the whole bank, l2-normalized in ``bank_dtype``; each rank then classifies its
@@ -152,10 +158,12 @@ class KNNMonitor(Monitor):
         data = self.context.data
         if data.test is None:
             return float("nan")
+        encode = method.project if self.options.features == "projector" else method.embed
         dtype = self.bank_dtype()
         # normalized batch by batch in float32 before the cast: no float32 copy of the whole bank
-        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples, dtype=dtype, normalize=True)
-        query, query_labels = split_features(method, data.test, self.context, self.options.max_test_samples, gather=False)
+        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples, encode,
+                                           dtype=dtype, normalize=True)
+        query, query_labels = split_features(method, data.test, self.context, self.options.max_test_samples, encode, gather=False)
         k = self.options.k
         scores = knn_scores(query, bank, bank_labels, len(data.classes), [k], self.options.temperature, bank_normalized=True)[k]
         return global_mean((scores.argmax(dim=1) == query_labels).sum(), int(query_labels.shape[0]))
@@ -214,7 +222,9 @@ class OnlineProbeOptions:
     the batch labels, trained after every SSL step with its own SGD optimizer (``lr``, ``momentum``,
     ``weight_decay``; weights N(0, 0.01) drawn from ``seed``, bias 0). ``batch_norm``: standardize
     the features with a BatchNorm without affine parameters first, so one ``lr`` suits any feature
-    scale. ``evaluate_test``: also measure it on the test split in eval mode (``max_test_samples``)."""
+    scale. ``evaluate_test``: also measure it on the test split in eval mode (``max_test_samples``).
+    Unlabeled pretraining images (label -1: STL-10's ``train+unlabeled``) count in neither its loss
+    nor its accuracy."""
 
     lr: float = 0.1
     momentum: float = 0.9
@@ -251,7 +261,7 @@ class OnlineProbeMonitor(Monitor):
         device = context.device
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.seen = 0
+        self.seen = torch.zeros((), dtype=torch.long, device=device)
         self.steps = 0
 
     def _build(self, feature_dim: int) -> None:
@@ -271,17 +281,19 @@ class OnlineProbeMonitor(Monitor):
             self._build(features.shape[1])
         assert self.classifier is not None and self.optimizer is not None
         self.classifier.train()
+        labeled = batch.labels >= 0  # unlabeled pretraining images (STL-10's) carry -1
         with torch.enable_grad():
             logits = self.classifier(features)
-            loss = F.cross_entropy(logits, batch.labels)
+            losses = F.cross_entropy(logits, batch.labels.clamp(min=0), reduction="none")
+            loss = (losses * labeled).sum() / labeled.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if is_distributed():
             self._average_gradients()
         self.optimizer.step()
         self.loss_sum += loss.detach().double()
-        self.correct += (logits.detach().argmax(dim=1) == batch.labels).sum()
-        self.seen += int(batch.labels.shape[0])
+        self.correct += ((logits.detach().argmax(dim=1) == batch.labels) & labeled).sum()
+        self.seen += labeled.sum()
         self.steps += 1
 
     @torch.no_grad()
@@ -301,7 +313,7 @@ class OnlineProbeMonitor(Monitor):
         """(loss sum, correct, seen, steps) summed over ranks, with the probe's BatchNorm running
         statistics averaged over ranks on the way (one all-reduce)."""
         device = self.loss_sum.device
-        counters = torch.stack([self.loss_sum, self.correct.double(), torch.tensor(float(self.seen), dtype=torch.float64, device=device),
+        counters = torch.stack([self.loss_sum, self.correct.double(), self.seen.double(),
                                 torch.tensor(float(self.steps), dtype=torch.float64, device=device)])
         norm = self.classifier.norm if self.classifier is not None else None
         statistics = [norm.running_mean, norm.running_var] if isinstance(norm, torch.nn.BatchNorm1d) else []
@@ -320,11 +332,12 @@ class OnlineProbeMonitor(Monitor):
         results: dict[str, float] = {}
         loss_sum, correct, seen, steps = self._reduce_training_statistics()
         if steps:
-            results["online_probe_train_top1"] = correct / seen
+            results["online_probe_train_top1"] = correct / max(1.0, seen)
             results["online_probe_train_loss"] = loss_sum / steps
         self.loss_sum.zero_()
         self.correct.zero_()
-        self.seen = self.steps = 0
+        self.seen.zero_()
+        self.steps = 0
         test = self.context.data.test
         if self.options.evaluate_test and self.classifier is not None and test is not None:
             features, labels = split_features(method, test, self.context, self.options.max_test_samples, gather=False)
@@ -335,7 +348,7 @@ class OnlineProbeMonitor(Monitor):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen, "steps": self.steps,
+            "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": int(self.seen), "steps": self.steps,
         }
         if self.classifier is not None and self.optimizer is not None:
             state["classifier"] = {k: v.cpu() for k, v in self.classifier.state_dict().items()}
@@ -345,7 +358,8 @@ class OnlineProbeMonitor(Monitor):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss_sum.copy_(state["loss_sum"])
         self.correct.copy_(state["correct"])
-        self.seen, self.steps = int(state["seen"]), int(state["steps"])
+        self.seen.fill_(int(state["seen"]))
+        self.steps = int(state["steps"])
         if "classifier" in state:
             self._build(int(state["classifier"]["linear.weight"].shape[1]))
             assert self.classifier is not None and self.optimizer is not None
