@@ -4,7 +4,8 @@ one, its flattened gradient all-reduce).
 
 One ``torchrun --nproc_per_node=2`` job (``tests/distributed/eval_harness.py``); the one-process
 references are computed here with the same functions while it runs. Tolerances: kNN and probe
-accuracies exactly equal (the embedded features differ by float32 rounding only); diagnostics and
+accuracies exactly equal (the embedded features differ by float32 rounding only); the probe's
+training loss (a mean of per-rank means vs one mean) within ``1e-6`` relative; diagnostics and
 probe weights within ``1e-5``; ``z_std`` of a whole run within 10% (its 2-process value averages
 per-rank stds over batches of 8, the 1-process value stds over 16: an O(1/B) difference).
 """
@@ -78,8 +79,13 @@ def test_each_rank_embeds_its_half_and_the_results_equal_one_process(job):
         monitors = rank["monitors"]
         assert monitors["embedded"]["knn"] == [[21, 12], [20, 11]][r]
         assert monitors["embedded"]["online_probe"] == [[12], [11]][r]
-        for name in ("knn", "knn_fp16", "online_probe"):
+        for name in ("knn", "knn_fp16"):
             assert monitors["values"][name] == single["values"][name], name
+        probe, reference = monitors["values"]["online_probe"], single["values"]["online_probe"]
+        assert probe.keys() == reference.keys()
+        for key in ("online_probe_train_top1", "online_probe_top1"):
+            assert probe[key] == reference[key], key
+        assert probe["online_probe_train_loss"] == pytest.approx(reference["online_probe_train_loss"], rel=1e-6)
         for key, value in single["values"]["diagnostics"].items():
             assert monitors["values"]["diagnostics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert 0.0 < single["values"]["knn"]["knn_top1"] < 1.0  # not a degenerate case
