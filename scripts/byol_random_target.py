@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 from siamssl.errors import SiamSSLError  # noqa: E402
 from siamssl.eval.knn import KNNEvalOptions, evaluate_knn  # noqa: E402
 from siamssl.eval.linear import evaluate_linear, linear_options  # noqa: E402
-from siamssl.train.config import apply_override, config_from_dict, load_raw  # noqa: E402
+from siamssl.config import apply_override, config_from_dict, load_raw  # noqa: E402
 from siamssl.train.trainer import Trainer  # noqa: E402
 
 VARIANTS = ("fixed_random", "ema", "shallow")

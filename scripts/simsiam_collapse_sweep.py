@@ -40,7 +40,7 @@ def run_config(variant: str, lr: float, wd: float, seed: int, epochs: int, run_d
     sys.path.insert(0, str(SCRIPT.parent))
     from reproduce_simsiam_ablations import CPU_SCALE, VARIANTS as ABLATIONS  # noqa: E402
 
-    from siamssl.train.config import apply_override
+    from siamssl.config import apply_override
 
     raw = copy.deepcopy(CPU_SCALE)
     raw["method"].update(ABLATIONS[variant])
@@ -62,7 +62,7 @@ def train_one(config_path: Path, threads: int) -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from siamssl.train.config import config_from_dict
+    from siamssl.config import config_from_dict
     from siamssl.train.trainer import Trainer
 
     torch.set_num_threads(threads)

@@ -148,7 +148,7 @@ def test_fixed_random_target_is_independent_of_the_online_init_and_never_moves()
 
 def test_fixed_random_target_through_the_trainer_is_drawn_from_the_run_seed(tmp_path):
     from siamssl.eval.runs import load_run
-    from siamssl.train.config import config_from_dict
+    from siamssl.config import config_from_dict
     from siamssl.train.trainer import Trainer
     from tests.conftest import tiny_raw
 
