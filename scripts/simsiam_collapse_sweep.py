@@ -83,6 +83,9 @@ def read_curves(run_dir: Path) -> dict[str, Any]:
             curves["loss"].append(last_loss)
             for key in ("knn_top1", "z_std", "feat_rankme"):
                 curves[key].append(record.get(key, math.nan))
+    summary = run_dir / "summary.json"  # the trainer records the random-init kNN in the summary
+    if "knn_top1_random_init" not in curves and summary.is_file():
+        curves["knn_top1_random_init"] = json.loads(summary.read_text()).get("knn_top1_random_init", math.nan)
     return curves
 
 
@@ -231,6 +234,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"missing: {run_dirs[item]}", file=sys.stderr)
             continue
         results.append({"seed": seed, "lr": lr, "wd": wd, "variant": variant, "curves": read_curves(run_dirs[item])})
+    if not results:
+        print(f"error: no finished run under {output_dir}", file=sys.stderr)
+        return 2
     table = summarize(results, dim)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "sweep.md").write_text(table)
