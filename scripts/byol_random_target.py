@@ -132,7 +132,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     lines = [
-        f"BYOL, {args.steps} steps of batch {args.batch_size}, resnet_narrow 16-32-64-128 (CIFAR stem), CIFAR-10; "
+        f"BYOL, {args.steps} steps of batch {args.batch_size}, resnet_narrow (CIFAR stem; widths in each run's "
+        f"config.yaml), CIFAR-10 ({' '.join(args.overrides) or 'no overrides'}); "
         f"kNN k=200 T=0.1 and the fast linear probe on {args.eval_train} train / {args.eval_test} test images.",
         "",
         "| encoder | kNN top-1 (%) | linear top-1 (%) | z_std | training (s) |",
