@@ -118,9 +118,10 @@ def summarize(results: list[dict[str, Any]], dim: int) -> str:
         z_std = " / ".join(f"{f['z_std'] * math.sqrt(dim):.2f}" for f in finals)
         rank = " / ".join(f"{f['feat_rankme']:.1f}" for f in finals)
         knn = " / ".join(f"{100 * f['knn_top1']:.1f}" for f in finals)
+        random_init = " / ".join(f"{100 * r['curves']['knn_top1_random_init']:.1f}" for r in runs)
         lines.append(
             f"| {lr:g} | {wd:g} | {runs[0]['variant']} | {z_std} | {rank} | {knn} "
-            f"| {100 * runs[0]['curves']['knn_top1_random_init']:.1f} "
+            f"| {random_init} "
             f"| {expected} in {count}/{len(runs)} ({', '.join(outcomes)}) | {expected} |"
         )
     return "\n".join(lines) + "\n"

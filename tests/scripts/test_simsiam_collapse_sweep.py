@@ -38,5 +38,5 @@ def test_curves_and_table(tmp_path):
             results.append({"seed": seed, "lr": 4.0, "wd": 1e-3, "variant": variant, "curves": curves})
     table = script.summarize(results, dim=64).splitlines()
     assert len(table) == 4
-    assert table[2].startswith("| 4 | 0.001 | baseline | 0.88 / 0.88 | 1.5 / 1.5 | 26.0 / 26.0 | 17.0 | learns in 2/2")
+    assert table[2].startswith("| 4 | 0.001 | baseline | 0.88 / 0.88 | 1.5 / 1.5 | 26.0 / 26.0 | 17.0 / 17.0 | learns in 2/2")
     assert table[3].startswith("| 4 | 0.001 | no_predictor |") and "collapses in 2/2" in table[3]
