@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from siamssl.data import PRESETS, build_train_loader  # noqa: E402
 from siamssl.methods import Batch, TrainingProgress  # noqa: E402
 from siamssl.schema import section_to_dict  # noqa: E402
-from siamssl.train.config import apply_override, config_from_dict  # noqa: E402
+from siamssl.config import apply_override, config_from_dict  # noqa: E402
 from siamssl.train.trainer import _AMP_DTYPES, Trainer  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.

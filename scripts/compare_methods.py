@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from siamssl.errors import SiamSSLError  # noqa: E402
-from siamssl.train.config import apply_override, config_from_dict, load_raw  # noqa: E402
+from siamssl.config import apply_override, config_from_dict, load_raw  # noqa: E402
 from siamssl.train.trainer import Trainer  # noqa: E402
 
 # One CIFAR-10 recipe per method (MoCo v1's and v2's CIFAR recipes differ only in head and

@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from siamssl.errors import SiamSSLError  # noqa: E402
-from siamssl.train.config import apply_override, config_from_dict  # noqa: E402
+from siamssl.config import apply_override, config_from_dict  # noqa: E402
 from siamssl.train.trainer import Trainer  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {

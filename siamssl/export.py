@@ -105,7 +105,7 @@ def export(checkpoint: str | Path, fmt: str = "torchvision", output: Optional[st
     """Export a checkpoint's backbone; returns the files written."""
     from siamssl.backbones import build_backbone
     from siamssl.eval.runs import config_of, resolve_checkpoint, run_directory
-    from siamssl.train.checkpoint import load_checkpoint
+    from siamssl.checkpoint import load_checkpoint
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format '{fmt}'; choose from: {', '.join(FORMATS)}")

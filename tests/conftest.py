@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from siamssl.train.config import apply_override
+from siamssl.config import apply_override
 
 # The tests run tiny tensors, for which intra-op parallelism only adds thread hand-off cost.
 torch.set_num_threads(1)

@@ -179,7 +179,7 @@ def _lbfgs_closure(classifier: LinearClassifier, optimizer: torch.optim.Optimize
 
 def _optimizer(classifier: nn.Module, options: LinearOptions) -> torch.optim.Optimizer:
     if options.optimizer == "lars":
-        from siamssl.train.optim import LARS
+        from siamssl.optim import LARS
 
         return LARS(classifier.parameters(), lr=options.peak_lr, momentum=options.momentum, weight_decay=options.weight_decay)
     if options.optimizer == "lbfgs":

@@ -209,7 +209,7 @@ def interpret(scalars: dict[str, float], dims: dict[str, int]) -> list[str]:
 
 def _summary_from_checkpoint(run_dir: Path) -> dict[str, Any]:
     """What ``summary.json`` would say, from the last checkpoint of a run that did not finish."""
-    from siamssl.train.checkpoint import load_checkpoint
+    from siamssl.checkpoint import load_checkpoint
 
     path = run_dir / "checkpoints" / "last.pt"
     if not path.is_file():

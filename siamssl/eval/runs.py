@@ -2,7 +2,7 @@
 and cached, and the command-line plumbing shared by ``python -m siamssl.eval.{linear,knn,diagnostics,
 report}`` and ``python -m siamssl.export``.
 
-These tools sit on top of the trainer's files: a checkpoint (``siamssl.train.checkpoint``) holds the
+These tools sit on top of the trainer's files: a checkpoint (``siamssl.checkpoint``) holds the
 resolved ``config`` and the method's ``model`` state; the method is rebuilt from the registries
 exactly as the trainer builds it.
 """
@@ -23,16 +23,16 @@ import torch
 from torch import Tensor, nn
 
 from siamssl.backbones import build_backbone
+from siamssl.checkpoint import load_checkpoint, save_atomic
+from siamssl.config import Config, apply_override, config_from_dict
 from siamssl.data.datasets import ImageSplit, LabeledImages, build_dataset
 from siamssl.data.loader import eval_batches
 from siamssl.errors import ConfigError, DataError, SiamSSLError
 from siamssl.eval.knn import extract_features
 from siamssl.methods import MethodContext, SSLMethod, build_method
 from siamssl.registry import unknown_name_message
+from siamssl.runtime import resolve_device, seed_everything
 from siamssl.schema import build_section, type_name
-from siamssl.train.checkpoint import load_checkpoint, save_atomic
-from siamssl.train.config import Config, apply_override, config_from_dict
-from siamssl.train.runtime import resolve_device, seed_everything
 
 FeatureKind = Literal["backbone", "projector"]
 

@@ -9,7 +9,7 @@ from typing import Optional
 import yaml
 
 from siamssl.errors import SiamSSLError
-from siamssl.train.config import all_keys, load_config, load_raw
+from siamssl.config import all_keys, load_config, load_raw
 from siamssl.train.trainer import Interrupted, train
 
 

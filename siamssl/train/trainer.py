@@ -1,5 +1,5 @@
 """The training loop. It talks to methods only through :class:`siamssl.methods.SSLMethod` and to
-monitors only through :class:`siamssl.train.monitors.Monitor`; both are found by name."""
+monitors only through :class:`siamssl.eval.monitors.Monitor`; both are found by name."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from siamssl.backbones import build_backbone
+from siamssl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
+from siamssl.config import Config
 from siamssl.data import build_dataset, build_train_loader
 from siamssl.distributed import (
     all_reduce_mean,
@@ -32,11 +34,9 @@ from siamssl.distributed import (
     world_size,
 )
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
+from siamssl.eval.monitors import MONITORS, Monitor, MonitorContext
 from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
-from siamssl.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
-from siamssl.train.config import Config
-from siamssl.train.monitors import MONITORS, Monitor, MonitorContext
-from siamssl.train.optim import (
+from siamssl.optim import (
     build_optimizer,
     peak_learning_rate,
     schedule_factor,
@@ -44,7 +44,7 @@ from siamssl.train.optim import (
     set_weight_decays,
     weight_decay_at,
 )
-from siamssl.train.runtime import init_distributed, local_main_first, message, resolve_device, seed_everything
+from siamssl.runtime import init_distributed, local_main_first, message, resolve_device, seed_everything
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -9,7 +9,7 @@ import torch
 
 from siamssl.data import AugmentConfig, ImageSplit, TrainLoader, view_transforms
 from siamssl.errors import ConfigError
-from siamssl.train.optim import peak_learning_rate
+from siamssl.optim import peak_learning_rate
 
 GLOBAL_BATCH = 8
 

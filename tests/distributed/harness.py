@@ -500,7 +500,7 @@ def _losses(run_dir: Path) -> list[float]:
 def run_method(raw: dict[str, Any], out_dir: str) -> None:
     """Train ``raw`` with the real :class:`Trainer`, recording the (DDP-averaged) gradients of every
     step before the optimizer sees them, and each rank's final method state."""
-    from siamssl.train.config import config_from_dict
+    from siamssl.config import config_from_dict
     from siamssl.train.trainer import Trainer
 
     out = Path(out_dir)

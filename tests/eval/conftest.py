@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 

@@ -8,7 +8,7 @@ import torchvision
 
 from siamssl.eval.runs import load_run
 from siamssl.export import main
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 

@@ -9,8 +9,8 @@ from torch import nn
 from siamssl.data.datasets import ImageSplit, LabeledImages
 from siamssl.methods import Batch, SimSiam
 from siamssl.methods.base import SSLMethod
-from siamssl.train.checkpoint import load_checkpoint
-from siamssl.train.monitors import DiagnosticsMonitor, DiagnosticsOptions, MonitorContext, OnlineProbeMonitor, OnlineProbeOptions
+from siamssl.checkpoint import load_checkpoint
+from siamssl.eval.monitors import DiagnosticsMonitor, DiagnosticsOptions, MonitorContext, OnlineProbeMonitor, OnlineProbeOptions
 from siamssl.eval.knn import KNNEvalOptions, evaluate_knn
 from siamssl.eval.runs import load_run
 from tests.conftest import tiny_method_names

@@ -31,7 +31,7 @@ def test_report_writes_non_empty_pngs_and_markdown(trained_run, capsys):
 def test_report_of_an_interrupted_run_reads_the_checkpoint(trained_run, tmp_path):
     import shutil
 
-    from siamssl.train.checkpoint import load_checkpoint, save_atomic
+    from siamssl.checkpoint import load_checkpoint, save_atomic
 
     run = tmp_path / "interrupted"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report*", "eval_cache", "*.json"))

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from siamssl.train.checkpoint import load_checkpoint
-from siamssl.train.config import config_from_dict
+from siamssl.checkpoint import load_checkpoint
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Interrupted, Trainer
 
 

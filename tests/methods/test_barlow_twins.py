@@ -14,8 +14,8 @@ import torch
 from siamssl.heads import barlow_twins_projector
 from siamssl.losses import barlow_twins_loss
 from siamssl.methods import BarlowTwins, Batch, TrainingProgress
-from siamssl.train.config import OptimConfig, config_from_dict
-from siamssl.train.optim import build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
+from siamssl.config import OptimConfig, config_from_dict
+from siamssl.optim import build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.methods.training_helpers import shipped_config_raw, tiny_backbone, train, view_pool

@@ -14,7 +14,7 @@ from siamssl.errors import ConfigError
 from siamssl.losses import full_softmax_loss, nce_loss
 from siamssl.methods import CMC, Batch, MethodContext, TrainingProgress
 from siamssl.methods.cmc import LAB_MEAN, LAB_STD, rgb_to_lab
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.methods.training_helpers import shipped_config_raw

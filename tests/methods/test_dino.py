@@ -20,7 +20,7 @@ from siamssl.methods import DINO, Batch, MethodContext, TrainingProgress
 from siamssl.methods.dino import clip_grad_norm_per_parameter_, teacher_temperature
 from siamssl.methods.momentum import cosine_momentum
 from siamssl.methods.multicrop import forward_by_resolution
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.methods.training_helpers import assert_resume_is_exact, shipped_config_raw, tiny_backbone, train, view_pool

@@ -14,7 +14,7 @@ from siamssl.backbones import build_backbone
 from siamssl.losses import full_softmax_loss, nce_loss, nce_normalizer
 from siamssl.methods import Batch, InstDisc, TrainingProgress
 from siamssl.methods import memory_bank as memory_bank_module
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.methods.training_helpers import shipped_config_raw
@@ -170,7 +170,7 @@ def test_short_run_on_shapes_spreads_the_embeddings(tmp_path):
 def test_interrupt_and_resume_matches_the_uninterrupted_run(tmp_path):
     """Bank, Z and the noise stream are checkpointed: a run stopped at step 3 (SIGINT) and resumed
     ends with exactly the weights and bank of the run that was never stopped."""
-    from siamssl.train.checkpoint import load_checkpoint
+    from siamssl.checkpoint import load_checkpoint
     from siamssl.train.trainer import Interrupted
     from tests.train import test_trainer  # noqa: F401  (registers the "interrupt_at_step_3" monitor)
 

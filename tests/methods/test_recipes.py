@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from siamssl.train.config import config_from_dict, load_config
+from siamssl.config import config_from_dict, load_config
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.methods.training_helpers import assert_resume_is_exact

@@ -1,5 +1,5 @@
 from siamssl.methods import METHODS
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from tests.conftest import tiny_method_names, tiny_raw
 
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from siamssl.backbones import build_backbone
 from siamssl.data.shapes import generate_shapes
 from siamssl.methods import Batch, SimSiam, TrainingProgress
-from siamssl.train.config import OptimConfig
-from siamssl.train.optim import build_optimizer
+from siamssl.config import OptimConfig
+from siamssl.optim import build_optimizer
 
 PROGRESS = TrainingProgress(0, 1, 0, 1)
 
@@ -147,7 +147,7 @@ def test_directpred_in_eval_mode_does_not_touch_the_statistics():
 
 def test_directpred_options_are_config_keys(tmp_path):
     from siamssl.errors import ConfigError
-    from siamssl.train.config import config_from_dict
+    from siamssl.config import config_from_dict
     from tests.conftest import tiny_raw
 
     cfg = config_from_dict(tiny_raw(tmp_path, "method.predictor=directpred", "method.directpred.rho=0.99", "method.directpred.freq=5"))

@@ -17,7 +17,7 @@ from siamssl.errors import ConfigError
 from siamssl.losses import sinkhorn_knopp, swav_loss
 from siamssl.methods import Batch, MethodContext, SwAV, TrainingProgress
 from siamssl.methods.multicrop import forward_by_resolution
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.methods.training_helpers import assert_resume_is_exact, shipped_config_raw, tiny_backbone, train, view_pool

@@ -14,7 +14,7 @@ import torch
 from siamssl.heads import vicreg_expander
 from siamssl.losses import vicreg_loss
 from siamssl.methods import Batch, TrainingProgress, VICReg
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.methods.training_helpers import shipped_config_raw, tiny_backbone, train, view_pool

@@ -12,8 +12,8 @@ from siamssl.data import build_dataset, view_transforms
 from siamssl.data.config import AugmentConfig, DataConfig, ShapesConfig
 from siamssl.data.loader import TrainLoader
 from siamssl.methods import Batch, SSLMethod, TrainingProgress
-from siamssl.train.config import OptimConfig
-from siamssl.train.optim import build_optimizer
+from siamssl.config import OptimConfig
+from siamssl.optim import build_optimizer
 
 TINY_BACKBONE = dict(cifar_stem=True, widths=(8, 16, 16, 32))
 
@@ -61,7 +61,7 @@ def shipped_config_raw(path: str, output_dir: str, *extra: str) -> dict[str, Any
     images of the built-in dataset at 32 px (small crops 16 px), the tiny ResNet, no workers, only
     the collapse monitor, fp32; ``extra`` overrides shrink the widest heads. Method, optimizer and
     augmentation settings stay the recipe's."""
-    from siamssl.train.config import apply_override, load_raw
+    from siamssl.config import apply_override, load_raw
 
     raw = load_raw(path)
     overrides = [
@@ -79,8 +79,8 @@ def shipped_config_raw(path: str, output_dir: str, *extra: str) -> dict[str, Any
 def assert_resume_is_exact(tmp_path: Any, method: str, steps: int = 4, stop_after: int = 2) -> None:
     """A run stopped after ``stop_after`` steps and resumed ends with exactly the state (parameters
     and buffers: queues, centres, teachers) of an uninterrupted run."""
-    from siamssl.train.checkpoint import load_checkpoint
-    from siamssl.train.config import config_from_dict
+    from siamssl.checkpoint import load_checkpoint
+    from siamssl.config import config_from_dict
     from siamssl.train.trainer import Interrupted, Trainer
     from tests.conftest import tiny_raw
 

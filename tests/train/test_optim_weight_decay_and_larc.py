@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from siamssl.methods import ParamGroup
-from siamssl.train.config import OptimConfig, config_from_dict
-from siamssl.train.optim import LARS, build_optimizer, set_weight_decays, weight_decay_at
+from siamssl.config import OptimConfig, config_from_dict
+from siamssl.optim import LARS, build_optimizer, set_weight_decays, weight_decay_at
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 

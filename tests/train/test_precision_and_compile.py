@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from siamssl.errors import ConfigError
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 from tests.distributed import harness

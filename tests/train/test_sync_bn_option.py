@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from siamssl.methods import SimSiam, register_method
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
 

@@ -12,9 +12,9 @@ import torch
 from siamssl.errors import TrainingDiverged
 from siamssl.methods import SimSiam, register_method
 from siamssl.train.__main__ import main
-from siamssl.train.checkpoint import load_checkpoint
-from siamssl.train.config import config_from_dict
-from siamssl.train.monitors import MONITORS, Monitor
+from siamssl.checkpoint import load_checkpoint
+from siamssl.config import config_from_dict
+from siamssl.eval.monitors import MONITORS, Monitor
 from siamssl.train.trainer import Interrupted, Trainer
 from tests.conftest import tiny_raw
 

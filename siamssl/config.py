@@ -16,10 +16,10 @@ import yaml
 from siamssl.backbones import BACKBONES
 from siamssl.data.config import DataConfig
 from siamssl.errors import ConfigError
+from siamssl.eval.monitors import MONITORS
 from siamssl.methods import METHODS
 from siamssl.registry import Registry
 from siamssl.schema import build_section, dotted_keys, section_to_dict, unknown_key_error
-from siamssl.train.monitors import MONITORS
 
 
 @dataclass

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from siamssl.methods.base import ParamGroup
-from siamssl.train.config import OptimConfig
-from siamssl.train.optim import LARS, build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
+from siamssl.config import OptimConfig
+from siamssl.optim import LARS, build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates
 
 
 def test_linear_scaling_rule():

@@ -5,7 +5,7 @@ import yaml
 
 from siamssl.errors import ConfigError
 from siamssl.methods import SimSiam
-from siamssl.train.config import all_keys, apply_override, config_from_dict, load_config
+from siamssl.config import all_keys, apply_override, config_from_dict, load_config
 from tests.conftest import tiny_raw
 
 CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from siamssl.train.config import OptimConfig
-from siamssl.train.optim import schedule_factor
+from siamssl.config import OptimConfig
+from siamssl.optim import schedule_factor
 
 
 def test_step_schedule_multiplies_by_gamma_at_each_milestone():
