@@ -16,7 +16,7 @@ from siamssl.errors import ConfigError
 from siamssl.losses import cpc_loss
 from siamssl.methods import CPC, Batch
 from siamssl.methods.cpc import MaskedContextNetwork
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.methods.helpers import progress
 from tests.methods.training_helpers import shipped_config_raw, train, view_pool

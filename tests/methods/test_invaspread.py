@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from siamssl.losses import invariant_spreading_loss
 from siamssl.methods import InvaSpread
-from siamssl.train.config import config_from_dict
+from siamssl.config import config_from_dict
 from siamssl.train.trainer import Trainer
 from tests.methods.helpers import progress, tiny_backbone, train, two_views
 from tests.methods.training_helpers import shipped_config_raw
