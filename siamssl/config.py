@@ -7,9 +7,10 @@ Sections: ``method`` (its keys come from the method's ``Config``), ``backbone`` 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import importlib.resources
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import yaml
 
@@ -17,9 +18,14 @@ from siamssl.backbones import BACKBONES
 from siamssl.data.config import DataConfig
 from siamssl.errors import ConfigError
 from siamssl.eval.monitors import MONITORS
+from siamssl.loggers import LOGGERS, TensorBoardOptions, WandbOptions
 from siamssl.methods import METHODS
-from siamssl.registry import Registry
+from siamssl.registry import Registry, closest_match
+from siamssl.runtime import message
 from siamssl.schema import build_section, dotted_keys, section_to_dict, unknown_key_error
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
 @dataclass
@@ -31,7 +37,9 @@ class OptimConfig:
     ``schedule_unit: epoch`` changes the rate once per epoch (SimSiam/MoCo v2 code), ``step`` every
     step. ``schedule: step`` multiplies the rate by ``step_gamma`` at each epoch of ``step_milestones``
     (MoCo v1: ×0.1 at 120 and 160). ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation)
-    for 1-D parameters; default True for LARS and False for SGD/AdamW.
+    for 1-D parameters; default True for LARS and False for SGD/AdamW/Adam.
+    ``name: adam`` is ``torch.optim.Adam``, whose weight decay is an L2 term added to the gradient
+    (coupled; lightly's CIFAR-10 SwAV benchmark); ``adamw`` decouples it.
     ``weight_decay_end``: when set, the weight decay of the decayed groups follows a per-step cosine
     from ``weight_decay`` to this value (DINO: 0.04 → 0.4); groups excluded from decay or with their
     own ``weight_decay`` keep theirs.
@@ -39,7 +47,7 @@ class OptimConfig:
     rate never exceeds the scheduled rate, i.e. the update uses ``min(trust / lr, 1)``.
     """
 
-    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    name: Literal["sgd", "lars", "adamw", "adam"] = "sgd"
     base_lr: float = 0.05
     lr_scaling: Literal["linear", "none"] = "linear"
     momentum: float = 0.9
@@ -82,6 +90,10 @@ class TrainerConfig:
     ``reduce-overhead`` — CUDA graphs, removing per-kernel launch cost, worth it for small models and
     images — or ``max-autotune``). ``channels_last``: NHWC memory format for model and images (faster
     convolutions with AMP on recent GPUs).
+
+    ``loggers``: where metrics go, written by rank 0 (:mod:`siamssl.loggers`): ``jsonl``
+    (``metrics.jsonl``, which the report reads), ``tensorboard`` (options under ``tensorboard``) and
+    ``wandb`` (options under ``wandb``; offline without an API key).
     """
 
     epochs: int = 100
@@ -101,6 +113,9 @@ class TrainerConfig:
     overwrite: bool = False
     progress_bar: bool = True
     deterministic: bool = False
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    tensorboard: TensorBoardOptions = field(default_factory=TensorBoardOptions)
+    wandb: WandbOptions = field(default_factory=WandbOptions)
 
 
 @dataclass
@@ -210,12 +225,15 @@ def config_from_dict(raw: dict) -> Config:
             raise unknown_key_error(str(key), all_keys(raw))
     top = build_section(_TopLevel, {k: raw[k] for k in ("output_dir", "seed") if k in raw}, "")
     eval_section, monitor_options = _eval_section(raw)
+    trainer = build_section(TrainerConfig, raw.get("trainer") or {}, "trainer")
+    for name in trainer.loggers:
+        LOGGERS.entry(name)  # an unknown logger fails here, naming the closest
     return Config(
         method=_named_section(raw, "method", METHODS),
         backbone=_named_section(raw, "backbone", BACKBONES),
         data=build_section(DataConfig, raw.get("data") or {}, "data"),
         optim=build_section(OptimConfig, raw.get("optim") or {}, "optim"),
-        trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
+        trainer=trainer,
         eval=eval_section,
         monitor_options=monitor_options,
         output_dir=top.output_dir,
@@ -253,25 +271,148 @@ def apply_override(raw: dict, override: str) -> None:
     node[parts[-1]] = value
 
 
+RECIPE_PACKAGE = "siamssl.recipes"
+RECIPE_SUFFIX = ".yaml"
+
+
+def recipes_root() -> Traversable:
+    """The folder of the shipped recipes.
+
+    In a source checkout (a clone, with or without an editable install) that is its ``configs/``
+    folder, next to the imported ``siamssl`` package: the recipes being edited there are the ones
+    used, even when another checkout of siamssl is installed in the environment. An installed
+    package carries the same folder as its package data ``siamssl.recipes`` (setup.py maps
+    ``configs/`` there when the wheel is built), read through ``importlib.resources``.
+    """
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "configs").is_dir() and (checkout / "pyproject.toml").is_file():
+        return checkout / "configs"
+    try:
+        return importlib.resources.files(RECIPE_PACKAGE)
+    except ModuleNotFoundError:
+        raise ConfigError("this siamssl installation has no recipes (siamssl.recipes is missing); reinstall siamssl") from None
+
+
+def _recipe_name(config: str) -> str:
+    """``simsiam``, ``simsiam.yaml`` and ``configs/simsiam.yaml`` (a clone's path) all name ``simsiam``."""
+    name = config.replace("\\", "/").removeprefix("./").removeprefix("configs/")
+    return name.removesuffix(RECIPE_SUFFIX)
+
+
+def find_recipe(name: str) -> Optional[Traversable]:
+    """The shipped recipe called ``name`` (``simsiam``, ``benchmarks/lightly_cifar10/byol``), or None."""
+    parts = _recipe_name(name).split("/")
+    if not parts[-1] or any(part in ("", ".", "..") for part in parts):
+        return None
+    node = recipes_root()
+    for part in parts[:-1]:
+        node = node.joinpath(part)
+    node = node.joinpath(parts[-1] + RECIPE_SUFFIX)
+    return node if node.is_file() else None
+
+
+def list_recipes() -> list[str]:
+    """Names of every shipped recipe, subfolders included (``benchmarks/lightly_cifar10/byol``)."""
+    names: list[str] = []
+
+    def walk(node: Traversable, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.name.startswith((".", "_")):
+                continue
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(RECIPE_SUFFIX):
+                names.append(prefix + child.name.removesuffix(RECIPE_SUFFIX))
+
+    walk(recipes_root(), "")
+    return sorted(names)
+
+
+def recipe_description(text: str, width: int = 100) -> str:
+    """The first sentence of a recipe's header comment, at most ``width`` characters."""
+    header = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        stripped = line.lstrip("#").strip()
+        if not stripped:
+            break
+        header.append(stripped)
+    sentence = " ".join(header)
+    end = sentence.find(". ")
+    while end >= 0 and sentence.count("(", 0, end) > sentence.count(")", 0, end):  # "(App. D)" goes on
+        end = sentence.find(". ", end + 1)
+    sentence = sentence[: end + 1] if end >= 0 else sentence
+    if len(sentence) > width:
+        sentence = sentence[: width - 1].rsplit(" ", 1)[0] + "…"
+    return sentence.removesuffix(":")
+
+
+def read_config_text(config: str) -> tuple[str, str]:
+    """The YAML text of ``config`` and where it came from: an existing file path, else a shipped
+    recipe's name (``simsiam``, ``benchmarks/lightly_cifar10/byol``; ``.yaml`` and a leading
+    ``configs/`` are optional, so a clone's ``configs/simsiam.yaml`` works from anywhere)."""
+    file = Path(config).expanduser()
+    if file.is_file():
+        return file.read_text(), str(file)
+    if file.is_dir():
+        raise ConfigError(f"config '{config}' is a folder; pass a YAML file or a recipe name")
+    recipe = find_recipe(config)
+    if recipe is None:
+        names = list_recipes()
+        hint = closest_match(_recipe_name(config), names)
+        did_you_mean = f" (did you mean '{hint}'?)" if hint else ""
+        raise ConfigError(
+            f"config '{config}' is neither a file nor a shipped recipe{did_you_mean}; "
+            "list the recipes with siamssl-train --list-configs"
+        )
+    return recipe.read_text(), f"recipe {_recipe_name(config)}"
+
+
 def load_raw(path: Optional[str]) -> dict:
-    """Read a YAML config file into a dict (an empty dict for None)."""
+    """Read a YAML config into a dict (an empty dict for None): a file path, or the name of a shipped
+    recipe (see :func:`read_config_text`)."""
     if path is None:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+    text, source = read_config_text(path)
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config '{source}' is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+        raise ConfigError(f"config '{source}' must hold a mapping of sections")
     return raw
+
+
+def drop_replaced_backbone_options(raw: dict, recipe_backbone: Optional[str], overridden: set[str]) -> list[str]:
+    """When an override replaces the recipe's backbone (``backbone.name=timm`` on a ResNet-18 recipe),
+    drop the recipe's backbone options the new backbone does not take (a ResNet's ``widths`` mean
+    nothing to timm); options it shares (``cifar_stem``) and options given on the command line stay.
+    Returns the dropped keys."""
+    section = raw.get("backbone")
+    if not isinstance(section, dict) or recipe_backbone is None:
+        return []
+    name = section.get("name", _DEFAULT_NAMES["backbone"])
+    if name == recipe_backbone or not isinstance(name, str) or name not in BACKBONES:
+        return []
+    config = BACKBONES.entry(name).config
+    accepted = {f.name for f in fields(config)} if config is not None else set()
+    dropped = [k for k in section if k != "name" and k not in accepted and f"backbone.{k}" not in overridden]
+    for key in dropped:
+        del section[key]
+    return dropped
 
 
 def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
     """YAML file + ``key=value`` overrides -> validated :class:`Config`."""
     raw = load_raw(path)
+    recipe_backbone = (raw.get("backbone") or {}).get("name", _DEFAULT_NAMES["backbone"]) if isinstance(raw.get("backbone"), dict) else None
+    overridden = set()
     for override in overrides:
         apply_override(raw, override)
+        overridden.add(override.split("=", 1)[0].strip())
+    dropped = drop_replaced_backbone_options(raw, recipe_backbone, overridden)
+    if dropped:
+        message(f"backbone.name={raw['backbone']['name']} replaces the recipe's '{recipe_backbone}'; "
+                f"its options {', '.join(dropped)} do not apply to it and were dropped")
     return config_from_dict(raw)

@@ -6,7 +6,7 @@ import os
 import random
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,3 +69,91 @@ def message(text: str) -> None:
     """A line for the user, from the main process only, that does not break the progress bar."""
     if is_main_process():
         tqdm.write(f"siamssl: {text}", file=sys.stderr)
+
+
+class HostSyncError(RuntimeError):
+    """A tensor's value was read on the host inside a region that must not synchronize."""
+
+
+# Tensor methods that read device values on the host (on a GPU each one waits for the stream).
+_HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextmanager
+def _host_reads_patched(on_read: Callable[[str], None]) -> Iterator[None]:
+    """Call ``on_read(name)`` whenever a Tensor method of ``_HOST_READS`` runs in the body (the call
+    proceeds if ``on_read`` returns)."""
+    originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
+
+    def patched(name: str) -> Callable[..., object]:
+        original = originals[name]
+
+        def read(self: torch.Tensor, *args: object, **kwargs: object) -> object:
+            on_read(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    try:
+        for name in _HOST_READS:
+            setattr(torch.Tensor, name, patched(name))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+@contextmanager
+def forbid_host_sync(device: torch.device) -> Iterator[None]:
+    """Fail loudly if the body synchronizes the host with ``device``.
+
+    On CUDA: ``torch.cuda.set_sync_debug_mode("error")`` for the body, so any synchronizing CUDA
+    call (``.item()``, a blocking copy to or from the device, ``nonzero``, a solver's status check...)
+    raises. Elsewhere (CPU tests of the same code): the Tensor methods that read a value on the host
+    (``item``, ``tolist``, ``numpy``, ``cpu``, ``bool()``, ``int()``, ``float()``, ``__index__``)
+    raise :class:`HostSyncError` for the body. Both are process-wide, not per thread: the loader
+    thread of image-folder runs (which decodes with nvJPEG and reads host tensors) must be idle
+    meanwhile: check steps fed by in-memory data.
+
+    Usage (the training step of the trainer, after a warm-up step outside)::
+
+        with forbid_host_sync(trainer.device):
+            trainer._train_step(batch, epoch)
+    """
+    if device.type == "cuda":
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+        return
+
+    def refuse(name: str) -> None:
+        raise HostSyncError(f"Tensor.{name} read a tensor on the host inside forbid_host_sync()")
+
+    with _host_reads_patched(refuse):
+        yield
+
+
+@contextmanager
+def record_host_syncs(device: torch.device) -> Iterator[list[str]]:
+    """Like :func:`forbid_host_sync`, but list the synchronizations of the body instead of failing
+    at the first: on CUDA the first line of each warning of ``set_sync_debug_mode("warn")``, on the
+    CPU ``"Tensor.<method>"`` for each host read. The list is complete when the block exits."""
+    found: list[str] = []
+    if device.type == "cuda":
+        import warnings
+
+        previous = torch.cuda.get_sync_debug_mode()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield found
+            finally:
+                torch.cuda.set_sync_debug_mode(previous)
+        found.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
+        return
+    with _host_reads_patched(lambda name: found.append(f"Tensor.{name}")):
+        yield found

@@ -182,12 +182,12 @@ def evaluate_diagnostics(checkpoint: str | Path, options: DiagnosticsEvalOptions
     return payload
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m siamssl.eval.diagnostics") -> int:
     from siamssl.eval.runs import evaluation_main
 
     return evaluation_main(
         argv,
-        "python -m siamssl.eval.diagnostics",
+        prog,
         "Representation diagnostics of a frozen encoder: normalized std, RankMe, alignment, uniformity, covariance spectrum.",
         DiagnosticsEvalOptions,
         evaluate_diagnostics,

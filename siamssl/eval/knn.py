@@ -147,12 +147,12 @@ def evaluate_knn(checkpoint: str | Path, options: KNNEvalOptions, data_overrides
     return payload
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m siamssl.eval.knn") -> int:
     from siamssl.eval.runs import evaluation_main
 
     return evaluation_main(
         argv,
-        "python -m siamssl.eval.knn",
+        prog,
         "Weighted kNN (cosine similarity, exp(sim/T) votes) of a frozen encoder, several k in one pass.",
         KNNEvalOptions,
         evaluate_knn,

@@ -358,13 +358,13 @@ def evaluate_linear(checkpoint: str | Path, options: LinearOptions, data_overrid
     return payload
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "python -m siamssl.eval.linear") -> int:
     from siamssl.eval.runs import evaluation_main
 
     presets = "\n".join(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for name, values in LINEAR_PRESETS.items())
     return evaluation_main(
         argv,
-        "python -m siamssl.eval.linear",
+        prog,
         "Linear probe of a frozen encoder on cached features (top-1/top-5 on the test split).",
         LinearOptions,
         evaluate_linear,

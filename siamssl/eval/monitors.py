@@ -9,7 +9,7 @@ checkpoints. Adding one needs no change to the trainer: register it and list it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +67,12 @@ class Monitor:
 MONITORS: Registry[type[Monitor]] = Registry("monitor")
 
 
-def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext, limit: Optional[int] = None) -> tuple[Tensor, Tensor]:
-    """Features of ``method.embed`` on a split (``limit`` of its samples), with the model in eval mode."""
+def split_features(
+    method: SSLMethod, split: ImageSplit, context: MonitorContext, limit: Optional[int] = None,
+    encode: Optional[Callable[[Tensor], Tensor]] = None,
+) -> tuple[Tensor, Tensor]:
+    """Features of ``encode`` (default ``method.embed``) on a split (``limit`` of its samples), with
+    the model in eval mode."""
     was_training = method.training
     method.eval()
     try:
@@ -76,7 +80,7 @@ def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext
             split.subset(limit), context.batch_size, context.mean, context.std,
             context.device, context.crop_size, context.num_workers,
         )
-        return extract_features(method.embed, batches)
+        return extract_features(encode or method.embed, batches)
     finally:
         method.train(was_training)
 
@@ -85,18 +89,22 @@ def split_features(method: SSLMethod, split: ImageSplit, context: MonitorContext
 class KNNOptions:
     """Weighted kNN monitor (InstDisc protocol): ``k`` neighbours, temperature ``temperature``, the
     train split (``max_train_samples`` of it) as memory bank and the test split as queries.
-    ``random_init``: also measure the untrained encoder (``knn_top1_random_init``)."""
+    ``random_init``: also measure the untrained encoder (``knn_top1_random_init``).
+    ``features``: ``backbone`` (``method.embed``, the default) or ``projector`` (``method.project``,
+    e.g. the 128-d head output the MoCo CIFAR demo's kNN monitor votes with)."""
 
     k: int = 200
     temperature: float = 0.1
     max_train_samples: Optional[int] = None
     max_test_samples: Optional[int] = None
     random_init: bool = False
+    features: Literal["backbone", "projector"] = "backbone"
 
 
 @MONITORS.register("knn", config=KNNOptions)
 class KNNMonitor(Monitor):
-    """Reports ``knn_top1``: weighted kNN accuracy of the backbone features."""
+    """Reports ``knn_top1``: weighted kNN accuracy of the backbone features (or of the projector
+    output, ``features: projector``)."""
 
     options: KNNOptions
 
@@ -104,8 +112,9 @@ class KNNMonitor(Monitor):
         data = self.context.data
         if data.test is None:
             return float("nan")
-        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples)
-        query, query_labels = split_features(method, data.test, self.context, self.options.max_test_samples)
+        encode = method.project if self.options.features == "projector" else method.embed
+        bank, bank_labels = split_features(method, data.train, self.context, self.options.max_train_samples, encode)
+        query, query_labels = split_features(method, data.test, self.context, self.options.max_test_samples, encode)
         k = self.options.k
         return knn_accuracy(query, query_labels, bank, bank_labels, len(data.classes), [k], self.options.temperature)[k]
 
@@ -157,7 +166,9 @@ class OnlineProbeOptions:
     the batch labels, trained after every SSL step with its own SGD optimizer (``lr``, ``momentum``,
     ``weight_decay``; weights N(0, 0.01) drawn from ``seed``, bias 0). ``batch_norm``: standardize
     the features with a BatchNorm without affine parameters first, so one ``lr`` suits any feature
-    scale. ``evaluate_test``: also measure it on the test split in eval mode (``max_test_samples``)."""
+    scale. ``evaluate_test``: also measure it on the test split in eval mode (``max_test_samples``).
+    Unlabeled pretraining images (label -1: STL-10's ``train+unlabeled``) count in neither its loss
+    nor its accuracy."""
 
     lr: float = 0.1
     momentum: float = 0.9
@@ -190,7 +201,7 @@ class OnlineProbeMonitor(Monitor):
         device = context.device
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.seen = 0
+        self.seen = torch.zeros((), dtype=torch.long, device=device)
         self.steps = 0
 
     def _build(self, feature_dim: int) -> None:
@@ -210,9 +221,11 @@ class OnlineProbeMonitor(Monitor):
             self._build(features.shape[1])
         assert self.classifier is not None and self.optimizer is not None
         self.classifier.train()
+        labeled = batch.labels >= 0  # unlabeled pretraining images (STL-10's) carry -1
         with torch.enable_grad():
             logits = self.classifier(features)
-            loss = F.cross_entropy(logits, batch.labels)
+            losses = F.cross_entropy(logits, batch.labels.clamp(min=0), reduction="none")
+            loss = (losses * labeled).sum() / labeled.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if is_distributed():
@@ -220,19 +233,20 @@ class OnlineProbeMonitor(Monitor):
                 all_reduce_sum(p.grad).div_(world_size())
         self.optimizer.step()
         self.loss_sum += loss.detach().double()
-        self.correct += (logits.detach().argmax(dim=1) == batch.labels).sum()
-        self.seen += int(batch.labels.shape[0])
+        self.correct += ((logits.detach().argmax(dim=1) == batch.labels) & labeled).sum()
+        self.seen += labeled.sum()
         self.steps += 1
 
     @torch.no_grad()
     def evaluate(self, method: SSLMethod) -> dict[str, float]:
         results: dict[str, float] = {}
         if self.steps:
-            results["online_probe_train_top1"] = float(self.correct) / self.seen
+            results["online_probe_train_top1"] = float(self.correct) / max(1, int(self.seen))
             results["online_probe_train_loss"] = float(self.loss_sum) / self.steps
             self.loss_sum.zero_()
             self.correct.zero_()
-            self.seen = self.steps = 0
+            self.seen.zero_()
+            self.steps = 0
         test = self.context.data.test
         if self.options.evaluate_test and self.classifier is not None and test is not None:
             features, labels = split_features(method, test, self.context, self.options.max_test_samples)
@@ -243,7 +257,7 @@ class OnlineProbeMonitor(Monitor):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen, "steps": self.steps,
+            "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": int(self.seen), "steps": self.steps,
         }
         if self.classifier is not None and self.optimizer is not None:
             state["classifier"] = {k: v.cpu() for k, v in self.classifier.state_dict().items()}
@@ -253,7 +267,8 @@ class OnlineProbeMonitor(Monitor):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.loss_sum.copy_(state["loss_sum"])
         self.correct.copy_(state["correct"])
-        self.seen, self.steps = int(state["seen"]), int(state["steps"])
+        self.seen.fill_(int(state["seen"]))
+        self.steps = int(state["steps"])
         if "classifier" in state:
             self._build(int(state["classifier"]["linear.weight"].shape[1]))
             assert self.classifier is not None and self.optimizer is not None

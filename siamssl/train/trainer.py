@@ -23,7 +23,7 @@ from tqdm import tqdm
 from siamssl.backbones import build_backbone
 from siamssl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from siamssl.config import Config
-from siamssl.data import build_dataset, build_train_loader
+from siamssl.data import LabeledImages, build_dataset, build_train_loader
 from siamssl.distributed import (
     all_reduce_mean,
     all_reduce_sum,
@@ -35,7 +35,8 @@ from siamssl.distributed import (
 )
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
 from siamssl.eval.monitors import MONITORS, Monitor, MonitorContext
-from siamssl.methods import Batch, MethodContext, TrainingProgress, build_method
+from siamssl.loggers import RunLoggers, build_loggers, check_loggers_available
+from siamssl.methods import Batch, MethodContext, SSLMethod, TrainingProgress, build_method
 from siamssl.optim import (
     build_optimizer,
     peak_learning_rate,
@@ -58,27 +59,30 @@ _NO_BUFFER_BROADCAST = (
 )
 
 
+def build_run_method(cfg: Config, data: LabeledImages, steps_per_epoch: int, total_steps: int) -> SSLMethod:
+    """``cfg``'s method with its backbone (on the CPU), as every runner of a config builds it: the
+    trainer, and :class:`siamssl.integrations.lightning.SSLModule.from_config`."""
+    augment = cfg.data.augment
+
+    def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
+        return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
+
+    backbone, feature_dim = make_backbone()
+    context = MethodContext(
+        num_samples=len(data.pretraining_split()),
+        global_batch_size=cfg.data.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        image_size=augment.crop_size,
+        make_backbone=make_backbone,
+        image_mean=tuple(augment.mean or data.mean),
+        image_std=tuple(augment.std or data.std),
+    )
+    return build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context)
+
+
 class Interrupted(SiamSSLError):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
-
-
-class MetricsLog:
-    """``metrics.jsonl``: one JSON record per line, appended by the main process."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, record: dict[str, Any]) -> None:
-        if is_main_process():
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records written after ``step`` (work lost when a run was interrupted)."""
-        if not is_main_process() or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
 
 
 class Trainer:
@@ -93,6 +97,7 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         resume_from = self._resume_path()
+        check_loggers_available(cfg.trainer.loggers)
         if is_distributed():  # every rank decides on the run directory before rank 0 writes to it
             dist.barrier()
         seed_everything(cfg.seed)
@@ -105,27 +110,13 @@ class Trainer:
             self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
         self.loader = build_train_loader(
-            self.data.train, cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
+            self.data.pretraining_split(), cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
-            return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
-
-        backbone, feature_dim = make_backbone()
-        context = MethodContext(
-            num_samples=len(self.data.train),
-            global_batch_size=cfg.data.batch_size,
-            steps_per_epoch=self.steps_per_epoch,
-            total_steps=self.total_steps,
-            image_size=augment.crop_size,
-            make_backbone=make_backbone,
-            image_mean=tuple(augment.mean or self.data.mean),
-            image_std=tuple(augment.std or self.data.std),
-        )
-        self.method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context).to(self.device)
+        self.method = build_run_method(cfg, self.data, self.steps_per_epoch, self.total_steps).to(self.device)
         if cfg.trainer.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.sync_bn = cfg.trainer.sync_bn if cfg.trainer.sync_bn is not None else type(self.method).default_sync_bn
@@ -156,7 +147,7 @@ class Trainer:
         self.global_step = 0
         self.initial_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.loggers = RunLoggers([])  # fit() opens the configured ones on rank 0
         self._stop_requested = False
         self._stop_agreed = False
         self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -169,6 +160,7 @@ class Trainer:
 
         if resume_from is not None:
             self._load(resume_from)
+        self._resumed_at = self.global_step if resume_from is not None else None
         self._prepare_run_dir(resume_from is not None)
 
     # ------------------------------------------------------------------------------- run directory
@@ -197,8 +189,6 @@ class Trainer:
                 shutil.rmtree(self.run_dir)
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-            if resumed:
-                self.metrics.truncate_after(self.global_step)
         if is_distributed():
             dist.barrier()
 
@@ -265,18 +255,24 @@ class Trainer:
         """Train to the end (or until interrupted) and return the summary written to ``summary.json``."""
         cfg = self.cfg
         message(
-            f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.train)} images, {self.steps_per_epoch} steps/epoch, "
+            f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.pretraining_split())} images, {self.steps_per_epoch} steps/epoch, "
             f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es)"
             f"{' with SyncBatchNorm' if is_distributed() and self.sync_bn else ''}, "
             f"device {self.device}, {cfg.trainer.precision}; run dir {self.run_dir}"
         )
+        if is_main_process():
+            trainer = cfg.trainer
+            self.loggers = build_loggers(
+                trainer.loggers, self.run_dir, cfg.to_dict(), {"tensorboard": trainer.tensorboard, "wandb": trainer.wandb},
+                resumed_at=self._resumed_at,
+            )
         if self.global_step == 0 and not self.initial_metrics:
             self.initial_metrics = self._on_train_start()
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, disable=not (is_main_process() and cfg.trainer.progress_bar),
             dynamic_ncols=True, unit="step", mininterval=1.0,
         )
-        with bar, self._signals_handled():
+        with self.loggers, bar, self._signals_handled():
             while self.global_step < self.total_steps:
                 epoch = self.epoch
                 for batch in self.loader.batches(epoch, self.step_in_epoch):
@@ -294,7 +290,7 @@ class Trainer:
                         break
                 self.epoch, self.step_in_epoch = epoch + 1, 0
                 self._end_epoch(epoch, last=self.global_step >= self.total_steps)
-        return self._write_summary()
+            return self._write_summary()
 
     def _on_train_start(self) -> dict[str, float]:
         results: dict[str, float] = {}
@@ -368,7 +364,7 @@ class Trainer:
         images_per_s = self._window_steps * self.cfg.data.batch_size / max(elapsed, 1e-9)
         record["images_per_s"] = images_per_s
         self._throughput.append(images_per_s)
-        self.metrics.append(record)
+        self.loggers.log_metrics(record, "train")
         postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}", "img/s": f"{images_per_s:.0f}"}
         postfix.update({k: f"{v:.4g}" for k, v in self.last_metrics.items()})
         bar.set_postfix(postfix, refresh=False)
@@ -390,7 +386,7 @@ class Trainer:
                 dist.barrier()
             if results:
                 self.last_metrics.update(results)
-                self.metrics.append({"step": self.global_step, "epoch": epoch + 1, **results})
+                self.loggers.log_metrics({"step": self.global_step, "epoch": epoch + 1, **results}, "eval")
                 message(f"epoch {epoch + 1}/{self.epochs}: " + _format(results))
         if last or (epoch + 1) % cfg.trainer.checkpoint_every_epochs == 0:
             self._save()
@@ -413,6 +409,7 @@ class Trainer:
         }
         if is_main_process():
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            self.loggers.log_summary(summary)
             message("done: " + _format({k: v for k, v in summary.items() if isinstance(v, float)}) + f"; see {self.run_dir}")
         return summary
 
