@@ -356,6 +356,12 @@ def stage_correctness(device: torch.device, work: Path, deadline: float) -> dict
             raw = recipe(name)
             raw.get("data", {}).pop("root", None)
             extra = [] if gpu else ["data.augment.small_crop_size=8"] if raw.get("data", {}).get("augment", {}).get("small_crops") else []
+            if not gpu and "offsets" in raw.get("method", {}):
+                extra.append("method.offsets=[1]")  # a patch-grid method (CPC): 16 px give a 3-row grid
+            if not gpu and raw.get("optim", {}).get("name") == "adamw":
+                # The CPU's multi-tensor AdamW reads its step counters with Tensor.item(), which the
+                # CPU proxy counts; on the GPU the fused kernel (siamssl.optim) reads nothing back.
+                extra.append("optim.name=sgd")
             try:
                 cfg = build(raw, [*shapes_data(batch_size, steps + 1, image_size), *extra, *quiet_trainer(
                     work / "correctness", [f"trainer.device={device}", f"trainer.precision={precision}", "trainer.max_steps=" + str(steps)])])
