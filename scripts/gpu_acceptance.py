@@ -160,8 +160,8 @@ def flops_per_image(trainer: Trainer, batch: Batch) -> float:
     from siamssl.methods import TrainingProgress
 
     progress = TrainingProgress(0, trainer.total_steps, 0, trainer.steps_per_epoch)
-    views = [v.contiguous(memory_format=torch.channels_last) if trainer.cfg.trainer.channels_last else v for v in batch.views]
-    precision = trainer.cfg.trainer.precision
+    views = [v.contiguous(memory_format=torch.channels_last) if trainer.channels_last else v for v in batch.views]
+    precision = trainer.precision  # resolved: the config may say auto
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(trainer.device.type, dtype=dtype, enabled=dtype is not None):

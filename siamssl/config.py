@@ -73,23 +73,41 @@ class TrainerConfig:
     """Training loop options.
 
     ``max_steps`` stops after that many optimizer steps and sets the schedule's length (overrides
-    ``epochs``). ``precision``: fp32, bf16 autocast (CPU and GPU; the fast choice on recent GPUs) or
-    fp16 autocast with gradient scaling (GPU; its scaler reads an overflow flag back every step);
-    losses, normalizations and softmaxes stay in float32. ``resume``: true continues
-    ``output_dir``'s last checkpoint, a path continues that checkpoint (saved under any number of
-    processes: the global batch, not the world size, defines a step). ``overwrite``: replace an
-    existing ``output_dir``. ``deterministic``: deterministic algorithms only (also turns off cuDNN
-    autotuning, which is on otherwise on GPUs).
+    ``epochs``). ``precision``: ``auto`` (default: bf16 autocast on a CUDA GPU that supports it,
+    fp32 on the CPU and older GPUs), fp32, bf16 autocast (CPU and GPU) or fp16 autocast with
+    gradient scaling (GPU; its scaler reads an overflow flag back every step); losses,
+    normalizations and softmaxes stay in float32. ``tf32``: on CUDA, float32 matrix products and
+    convolutions may use TensorFloat-32 (``torch.set_float32_matmul_precision("high")``; false:
+    full float32). ``resume``: true continues ``output_dir``'s last checkpoint, a path continues
+    that checkpoint (saved under any number of processes: the global batch, not the world size,
+    defines a step). ``overwrite``: replace an existing ``output_dir``. ``deterministic``:
+    deterministic algorithms only (also turns off cuDNN autotuning, which is on otherwise on GPUs).
+
+    ``device``: ``auto`` (this process's GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``
+    (not under torchrun, where ``LOCAL_RANK`` picks the GPU). ``dist_timeout_minutes``: how long a
+    collective (a gather, a barrier while rank 0 writes a checkpoint) may wait under torchrun
+    before the job fails instead of hanging.
 
     ``sync_bn``: under ``torchrun`` with more than one process, compute BatchNorm statistics over the
     global batch (SyncBatchNorm); null (default) follows the method's paper (``default_sync_bn``: on
     for SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV; off for Shuffle-BN MoCo,
     InstDisc, CMC).
-    ``compile``: ``torch.compile`` the backbone with ``compile_backend`` (``inductor``; ``aot_eager``
-    checks tracing without code generation) and ``compile_mode`` (inductor: ``default``,
-    ``reduce-overhead`` — CUDA graphs, removing per-kernel launch cost, worth it for small models and
-    images — or ``max-autotune``). ``channels_last``: NHWC memory format for model and images (faster
-    convolutions with AMP on recent GPUs).
+    ``compile``: ``torch.compile`` every network the method lists in ``compiled_modules()`` (the
+    backbone and its momentum target / teacher) with static shapes, one graph per input resolution
+    (multi-crop) and ``compile_backend`` (``inductor``; ``aot_eager`` checks tracing without code
+    generation) and ``compile_mode`` (inductor: ``default``, ``reduce-overhead`` — CUDA graphs,
+    removing per-kernel launch cost, worth it for small models and images — or ``max-autotune``);
+    evaluations run the same modules eagerly. ``channels_last``: NHWC memory format for model and
+    images (faster convolutions with AMP on recent GPUs); ``auto`` (default): on for convolutional
+    backbones on CUDA.
+
+    Checkpoints (``checkpoints/last.pt``) are written at the end of training, on interruption, and
+    whenever any of these is due: ``checkpoint_every_minutes`` of wall time since the last one
+    (checked at log steps and epoch ends; null: never by time), every ``checkpoint_every_epochs``
+    epochs (null, the default: epoch ends count only through the minutes rule, so long epochs are
+    saved at each end and few-second CIFAR epochs are not), every ``checkpoint_every_steps`` steps.
+    ``keep_epoch_checkpoints`` copies each epoch-end checkpoint to ``epoch_NNNN.pt`` (every epoch
+    when ``checkpoint_every_epochs`` is null).
 
     ``loggers``: where metrics go, written by rank 0 (:mod:`siamssl.loggers`): ``jsonl``
     (``metrics.jsonl``, which the report reads), ``tensorboard`` (options under ``tensorboard``) and
@@ -98,15 +116,18 @@ class TrainerConfig:
 
     epochs: int = 100
     max_steps: Optional[int] = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    tf32: bool = True
     device: str = "auto"
+    dist_timeout_minutes: float = 30.0
     compile: bool = False
     compile_backend: str = "inductor"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    channels_last: bool = False
+    channels_last: Union[bool, Literal["auto"]] = "auto"
     sync_bn: Optional[bool] = None
     log_every_steps: int = 20
-    checkpoint_every_epochs: int = 1
+    checkpoint_every_minutes: Optional[float] = 10.0
+    checkpoint_every_epochs: Optional[int] = None
     checkpoint_every_steps: Optional[int] = None
     keep_epoch_checkpoints: bool = False
     resume: Union[bool, str] = False
@@ -116,6 +137,16 @@ class TrainerConfig:
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
     tensorboard: TensorBoardOptions = field(default_factory=TensorBoardOptions)
     wandb: WandbOptions = field(default_factory=WandbOptions)
+
+    def __post_init__(self) -> None:
+        if self.dist_timeout_minutes <= 0:
+            raise ValueError(f"trainer.dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
+        if self.checkpoint_every_minutes is not None and self.checkpoint_every_minutes <= 0:
+            raise ValueError(f"trainer.checkpoint_every_minutes must be positive or null, got {self.checkpoint_every_minutes}")
+        for key in ("checkpoint_every_epochs", "checkpoint_every_steps", "log_every_steps"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"trainer.{key} must be at least 1, got {value}")
 
 
 @dataclass

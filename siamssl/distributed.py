@@ -288,9 +288,15 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.num_batches_tracked.add_(1)
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         rest = input.shape[2:]
-        # chunk s of the batch becomes channels [s·C, (s+1)·C): one batch_norm call, per-chunk statistics
-        folded = input.reshape(self.num_splits, n // self.num_splits, c, *rest).transpose(0, 1)
-        folded = folded.reshape(n // self.num_splits, self.num_splits * c, *rest)
+        channels_last = input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+        if channels_last:  # fold NHWC as (positions, splits × C): the output stays channels_last, no extra copy
+            positions = (n // self.num_splits) * rest[0] * rest[1]
+            folded = input.permute(0, 2, 3, 1).reshape(self.num_splits, positions, c).transpose(0, 1)
+            folded = folded.reshape(positions, self.num_splits * c)
+        else:
+            # chunk s of the batch becomes channels [s·C, (s+1)·C): one batch_norm call, per-chunk statistics
+            folded = input.reshape(self.num_splits, n // self.num_splits, c, *rest).transpose(0, 1)
+            folded = folded.reshape(n // self.num_splits, self.num_splits * c, *rest)
         running_mean = self.running_mean.repeat(self.num_splits)
         running_var = self.running_var.repeat(self.num_splits)
         weight = self.weight.repeat(self.num_splits) if self.weight is not None else None
@@ -299,6 +305,9 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         with torch.no_grad():
             self.running_mean.copy_(running_mean.view(self.num_splits, c).mean(dim=0))
             self.running_var.copy_(running_var.view(self.num_splits, c).mean(dim=0))
+        if channels_last:
+            out = out.reshape(positions, self.num_splits, c).transpose(0, 1)
+            return out.reshape(n, rest[0], rest[1], c).permute(0, 3, 1, 2)
         out = out.reshape(n // self.num_splits, self.num_splits, c, *rest).transpose(0, 1)
         return out.reshape(input.shape)
 

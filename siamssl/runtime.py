@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from datetime import timedelta
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -17,14 +19,47 @@ from siamssl.distributed import is_distributed, is_main_process
 from siamssl.errors import ConfigError
 
 
-def init_distributed(device_setting: str) -> None:
-    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1): NCCL on GPUs, gloo on CPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by torchrun (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def check_device_setting(setting: str) -> None:
+    """Refuse ``cuda:N`` under torchrun: there ``LOCAL_RANK`` decides each process's GPU, and a fixed
+    index would put every process on the same GPU."""
+    if launched_by_torchrun() and re.fullmatch(r"cuda:\d+", setting):
+        raise ConfigError(
+            f"trainer.device={setting} cannot be used under torchrun: each process takes the GPU of its LOCAL_RANK; "
+            "use trainer.device=cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
+
+
+def init_distributed(device_setting: str, timeout_minutes: Optional[float] = None) -> bool:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1): NCCL on GPUs, gloo on
+    CPU, with collectives timing out after ``timeout_minutes`` (torch's default when None: 10 minutes
+    for NCCL, 30 for gloo). Returns whether this call created the group (its owner destroys it)."""
+    check_device_setting(device_setting)
+    if not launched_by_torchrun() or dist.is_initialized():
+        return False
     use_cuda = torch.cuda.is_available() and device_setting in ("auto", "cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    options = {} if timeout_minutes is None else {"timeout": timedelta(minutes=timeout_minutes)}
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", **options)
+    return True
+
+
+@contextmanager
+def process_group(device_setting: str, timeout_minutes: Optional[float] = None) -> Iterator[None]:
+    """Join the torchrun process group for the body and destroy it afterwards, also when the body
+    raises (NCCL otherwise warns about leaked resources, or hangs at interpreter exit). A group
+    that already existed is left to its creator."""
+    created = init_distributed(device_setting, timeout_minutes)
+    try:
+        yield
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def local_rank() -> int:
@@ -48,6 +83,7 @@ def resolve_device(setting: str) -> torch.device:
     """``auto``: this process's GPU when CUDA is available, else the CPU."""
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device_setting(setting)
     if setting.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"trainer.device={setting} but CUDA is not available; use trainer.device=cpu")
@@ -57,6 +93,44 @@ def resolve_device(setting: str) -> torch.device:
         return torch.device(setting)
     except RuntimeError:
         raise ConfigError(f"trainer.device '{setting}' is not a device (use auto, cpu, cuda or cuda:N)") from None
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on a CUDA GPU that supports it (Ampere and newer), fp32 elsewhere
+    (the CPU, older GPUs, where fp16 would need loss scaling); any other setting as given."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda" and _native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def _native_bf16() -> bool:
+    """bf16 in hardware (compute capability 8.0+), not the slow emulation torch also accepts."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older signature without the emulation flag
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def resolve_channels_last(setting: "bool | str", device: torch.device, model: torch.nn.Module) -> bool:
+    """``auto``: NHWC on CUDA for convolutional models (more than one 2-d convolution: a ViT's
+    single patch embedding does not count); a boolean as given."""
+    if setting != "auto":
+        return bool(setting)
+    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return device.type == "cuda" and convolutions > 1
+
+
+def configure_tf32(device: torch.device, enabled: bool) -> None:
+    """On CUDA, let float32 matrix multiplications and convolutions use TensorFloat-32 (10-bit
+    mantissa inputs, float32 accumulation: ``torch.set_float32_matmul_precision("high")``) or
+    forbid it (``"highest"``). It speeds up what autocast leaves in float32 (and whole fp32 runs)
+    on Ampere and newer GPUs; nothing changes on the CPU."""
+    if device.type != "cuda":
+        return
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def seed_everything(seed: int) -> None:
