@@ -169,7 +169,7 @@ def plot(results: list[dict[str, Any]], dim: int, path: Path) -> bool:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="runs/simsiam-sweep")
-    parser.add_argument("--lrs", default="0.5,1.0", help="base learning rates (peak = base x 64/256)")
+    parser.add_argument("--lrs", default="2.5,4.0", help="base learning rates (peak = base x 64/256); the documented sweep")
     parser.add_argument("--wds", default="5e-4,1e-3", help="weight decays")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--baseline-seeds", default=None, help="seeds of the baseline (default: --seeds); fewer saves time")
