@@ -34,7 +34,7 @@ from siamssl.train.trainer import Trainer  # noqa: E402
 # temperature; both are listed).
 METHODS = (
     "simsiam", "byol", "mocov1", "mocov2", "mocov3", "simclr", "barlow_twins", "vicreg", "swav", "dino",
-    "instdisc", "cmc", "unigrad",
+    "instdisc", "cmc", "unigrad", "invaspread", "cpc",
 )
 
 

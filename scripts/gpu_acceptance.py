@@ -13,7 +13,9 @@ what it skipped instead of overrunning):
    pipeline and by a per-sample torchvision pipeline (8 workers), in fp32 and bf16, with and without
    channels_last and torch.compile: images/s, model FLOPs per image, achieved TFLOP/s and MFU
    (against the dense bf16 peak);
-3. imagefolder: a ResNet-50 224-px 2-view step (BYOL) fed by the ImageFolder path from generated JPEGs;
+3. imagefolder: the ImageFolder path's correctness check (device vs CPU decoding, a corrupt file, the grouped
+   resize), then a ResNet-50 224-px 2-view step (BYOL) fed by it from generated JPEGs
+   (``scripts/bench_imagefolder.py``);
 4. correctness: 20 steps of every method's CIFAR recipe in bf16 and in fp16 with gradient scaling:
    finite losses, and the host synchronizations inside the step (``torch.cuda.set_sync_debug_mode``);
 5. learning: BYOL on the CIFAR-10 JPEG copy under lightly's benchmark protocol, as many epochs as the
@@ -27,7 +29,6 @@ the tables last.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import io
@@ -44,7 +45,6 @@ import tarfile
 import tempfile
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -57,7 +57,10 @@ import yaml  # noqa: E402
 from siamssl.config import apply_override, config_from_dict  # noqa: E402
 from siamssl.data import build_train_loader  # noqa: E402
 from siamssl.methods import METHODS, Batch  # noqa: E402
+from siamssl.runtime import record_host_syncs  # noqa: E402
 from siamssl.train.trainer import Trainer  # noqa: E402
+
+from scripts.bench_imagefolder import bench_imagefolder, check_file_pipeline, write_jpeg_folder  # noqa: E402
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets; MFU is quoted against these.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -89,51 +92,6 @@ def before(deadline: float) -> bool:
     return time.perf_counter() < deadline
 
 
-# ------------------------------------------------------------------------------------ host syncs
-
-
-@contextlib.contextmanager
-def watch_host_syncs(device: torch.device) -> Iterator[list[str]]:
-    """Collect the host synchronizations made inside the block.
-
-    On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` reports every synchronizing call (``item``,
-    blocking copies, ``nonzero``...); on the CPU, where nothing synchronizes, the calls that would
-    (``Tensor.item``, ``__bool__``, ``tolist``, ``numpy``, ``cpu``) are counted instead, so a dry run
-    exercises the same check.
-    """
-    found: list[str] = []
-    if device.type == "cuda":
-        previous = torch.cuda.get_sync_debug_mode()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                yield found
-            finally:
-                torch.cuda.set_sync_debug_mode(previous)
-        found.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
-        return
-    names = ("item", "__bool__", "tolist", "numpy", "cpu")
-    originals = {name: getattr(torch.Tensor, name) for name in names}
-
-    def counting(name: str) -> Callable[..., Any]:
-        original = originals[name]
-
-        def call(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            found.append(f"Tensor.{name}")
-            return original(self, *args, **kwargs)
-
-        return call
-
-    try:
-        for name in names:
-            setattr(torch.Tensor, name, counting(name))
-        yield found
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-
-
 # -------------------------------------------------------------------------------------------- data
 
 
@@ -158,28 +116,6 @@ def prepare_cifar(path: Optional[str], work: Path) -> Optional[Path]:
     if not found:
         raise SystemExit(f"error: {source} holds no train/ folder")
     return found[0]
-
-
-def generate_jpegs(root: Path, count: int, size: tuple[int, int], classes: int = 4, seed: int = 0) -> Path:
-    """An ImageFolder tree of ``count`` smooth random JPEGs (quality 90) of about ``size``, with the
-    byte sizes of natural photos rather than of noise."""
-    from torchvision.io import encode_jpeg
-
-    if (root / "train").is_dir():
-        return root
-    generator = torch.Generator().manual_seed(seed)
-    height, width = size
-    for split, n in (("train", count), ("test", max(classes, count // 8))):
-        for index in range(n):
-            h = height + int(torch.randint(-height // 4, height // 4 + 1, (1,), generator=generator))
-            w = width + int(torch.randint(-width // 4, width // 4 + 1, (1,), generator=generator))
-            coarse = torch.rand(1, 3, max(2, h // 16), max(2, w // 16), generator=generator)
-            image = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)[0]
-            image = (image + 0.08 * torch.randn(image.shape, generator=generator)).clamp(0, 1)
-            folder = root / split / f"class{index % classes}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{index:06d}.jpg").write_bytes(encode_jpeg((image * 255).to(torch.uint8), quality=90).numpy().tobytes())
-    return root
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -224,8 +160,8 @@ def flops_per_image(trainer: Trainer, batch: Batch) -> float:
     from siamssl.methods import TrainingProgress
 
     progress = TrainingProgress(0, trainer.total_steps, 0, trainer.steps_per_epoch)
-    views = [v.contiguous(memory_format=torch.channels_last) if trainer.cfg.trainer.channels_last else v for v in batch.views]
-    precision = trainer.cfg.trainer.precision
+    views = [v.contiguous(memory_format=torch.channels_last) if trainer.channels_last else v for v in batch.views]
+    precision = trainer.precision  # resolved: the config may say auto
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(trainer.device.type, dtype=dtype, enabled=dtype is not None):
@@ -365,37 +301,30 @@ def stage_throughput(device: torch.device, work: Path, deadline: float, dry_run:
             "method": "simsiam", "backbone": "resnet18 (CIFAR stem)" if gpu else "resnet_narrow (toy)", "cells": rows}
 
 
-def stage_imagefolder(device: torch.device, work: Path, deadline: float) -> dict[str, Any]:
+def stage_imagefolder(device: torch.device, deadline: float) -> dict[str, Any]:
+    """The ImageFolder path's correctness check, then its ResNet-50 throughput (scripts/bench_imagefolder.py)."""
     gpu = device.type == "cuda"
-    count, size, crop, batch_size = (4096, (375, 500), 224, 256) if gpu else (48, (48, 64), 32, 8)
-    steps = 30 if gpu else 2
-    result: dict[str, Any] = {"images": count, "image_size": f"about {size[0]}x{size[1]}", "crop": crop, "batch_size": batch_size,
-                              "method": "byol", "backbone": "resnet50" if gpu else "resnet_narrow (toy)"}
     if not before(deadline):
-        return {**result, "skipped": "budget"}
-    started = time.perf_counter()
-    root = generate_jpegs(work / "jpegs", count, size)
-    result["generate_s"] = round(time.perf_counter() - started, 1)
-    backbone = ["backbone.name=resnet50"] if gpu else ["backbone.name=resnet_narrow", "backbone.widths=[8, 16, 16, 32]"]
-    cfg = build(recipe("byol_imagenet"), [
-        "data.dataset=imagefolder", f"data.root={root}", "data.in_memory=false", "data.pipeline=batched",
-        f"data.batch_size={batch_size}", f"data.num_workers={min(12, os.cpu_count() or 1) if gpu else 0}",
-        f"data.augment.crop_size={crop}", *backbone,
-        *quiet_trainer(work / "imagefolder", [f"trainer.device={device}", f"trainer.precision={'bf16' if gpu else 'bf16'}",
-                                              f"trainer.channels_last={str(gpu).lower()}"]),
-    ])
+        return {"skipped": "budget"}
+    result: dict[str, Any] = {}
     try:
-        trainer = Trainer(cfg)
-        batches = trainer.loader.batches(0)
-        for _ in range(3 if gpu else 1):
-            trainer._train_step(next(batches), 0)
-        rate, done = timed_steps(trainer, batches, steps, deadline)
-        batches.close()
-        result.update(images_per_s=round(rate, 1), timed_steps=done)
+        result["check"] = check_file_pipeline(str(device), num_workers=2 if gpu else 0)
+        if not before(deadline):
+            return {**result, "skipped": "budget (after the check)"}
+        if gpu:
+            result["bench"] = bench_imagefolder(device=str(device), batch_size=256, steps=20, warmup=3)
+        else:
+            result["bench"] = bench_imagefolder(device="cpu", batch_size=4, steps=1, warmup=1, num_workers=0, backbone="resnet18",
+                                                crop_size=32, image_size=(48, 64))
     except Exception as error:
         result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         result["traceback"] = traceback.format_exc(limit=6)
     return result
+
+
+def library_methods() -> list[str]:
+    """The registered methods siamssl ships (not ones a caller registered for itself)."""
+    return sorted(name for name in METHODS.names() if METHODS.get(name).__module__.startswith("siamssl."))
 
 
 def method_recipes() -> dict[str, str]:
@@ -405,7 +334,7 @@ def method_recipes() -> dict[str, str]:
         if path.stem.endswith("_imagenet") or path.stem == "quickstart":
             continue
         name = yaml.safe_load(path.read_text()).get("method", {}).get("name")
-        if name in METHODS.names() and name not in found:
+        if name in library_methods() and name not in found:
             found[name] = path.stem
     return found
 
@@ -416,7 +345,7 @@ def stage_correctness(device: torch.device, work: Path, deadline: float) -> dict
     precisions = ["bf16", "fp16"] if gpu else ["bf16"]
     recipes = method_recipes()
     rows: list[dict[str, Any]] = []
-    missing = sorted(set(METHODS.names()) - set(recipes))
+    missing = sorted(set(library_methods()) - set(recipes))
     for method, name in sorted(recipes.items()):
         for precision in precisions:
             row: dict[str, Any] = {"method": method, "recipe": name, "precision": precision}
@@ -427,6 +356,12 @@ def stage_correctness(device: torch.device, work: Path, deadline: float) -> dict
             raw = recipe(name)
             raw.get("data", {}).pop("root", None)
             extra = [] if gpu else ["data.augment.small_crop_size=8"] if raw.get("data", {}).get("augment", {}).get("small_crops") else []
+            if not gpu and "offsets" in raw.get("method", {}):
+                extra.append("method.offsets=[1]")  # a patch-grid method (CPC): 16 px give a 3-row grid
+            if not gpu and raw.get("optim", {}).get("name") == "adamw":
+                # The CPU's multi-tensor AdamW reads its step counters with Tensor.item(), which the
+                # CPU proxy counts; on the GPU the fused kernel (siamssl.optim) reads nothing back.
+                extra.append("optim.name=sgd")
             try:
                 cfg = build(raw, [*shapes_data(batch_size, steps + 1, image_size), *extra, *quiet_trainer(
                     work / "correctness", [f"trainer.device={device}", f"trainer.precision={precision}", "trainer.max_steps=" + str(steps)])])
@@ -436,7 +371,7 @@ def stage_correctness(device: torch.device, work: Path, deadline: float) -> dict
                 batches = trainer.loader.batches(0)
                 for _ in range(steps):
                     batch = next(batches)
-                    with watch_host_syncs(device) as found:
+                    with record_host_syncs(device) as found:
                         trainer._train_step(batch, 0)
                     syncs.extend(found)
                     losses.append(trainer._window["loss"].clone())
@@ -467,7 +402,7 @@ def stage_learning(device: torch.device, work: Path, cifar: Optional[Path], dead
     batch_size = 512 if gpu else 16
     result: dict[str, Any] = {"recipe": name, "batch_size": batch_size, "knn": {"k": 200, "temperature": 0.1}}
     if cifar is None:
-        cifar = generate_jpegs(work / "toy-cifar", 64, (32, 32), classes=4)
+        cifar = write_jpeg_folder(work / "toy-cifar", 64, 32, 32)
         result["data"] = "generated toy JPEGs (no --cifar)"
     else:
         result["data"] = "CIFAR-10 JPEG copy"
@@ -566,13 +501,24 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines.append("")
     ifo = results.get("imagefolder")
     if ifo:
-        lines += [
-            f"## ImageFolder path: {ifo['method']} {ifo['backbone']}, {ifo['crop']} px, 2 views, batch {ifo['batch_size']}", "",
-            f"{ifo['images']} generated JPEGs of {ifo['image_size']} px: "
-            + (f"**{_fmt(ifo.get('images_per_s'))} images/s** over {ifo.get('timed_steps')} steps" if "images_per_s" in ifo
-               else (ifo.get("skipped") or ifo.get("error", "?"))),
-            "",
-        ]
+        bench, check = ifo.get("bench") or {}, ifo.get("check") or {}
+        lines += [f"## ImageFolder path (scripts/bench_imagefolder.py)", ""]
+        if check:
+            lines.append(
+                f"Check on {check['device']}: same indices as the CPU path {check['same_indices_as_cpu']}; views vs CPU mean |diff| "
+                f"{check['views_vs_cpu_mean_abs']} (decoders differ by ~0.01-0.03), max {check['views_vs_cpu_max_abs']}; repeat max |diff| "
+                f"{check['repeat_max_abs']:.3g}; corrupt-file warnings {check['corrupt_warnings']} (expect 1); grouped resize max |diff| "
+                f"{check['grouped_resize_max_abs']:.2g} (expect < 1e-4)."
+            )
+        if bench:
+            lines.append(
+                f"\nBYOL {bench['backbone']}, {bench['crop_size']} px, {bench['views']} views, batch {bench['batch_size']}, {bench['precision']}, "
+                f"{bench['files']} generated JPEGs (mean {bench['mean_file_kb']} KB), {bench['num_workers']} workers: loader alone "
+                f"{bench['loader_images_per_s']} images/s; **training step {bench['step_images_per_s']} images/s** over {bench['steps']} steps."
+            )
+        if "skipped" in ifo or "error" in ifo:
+            lines.append(ifo.get("skipped") or ifo["error"])
+        lines.append("")
     cor = results.get("correctness")
     if cor:
         lines += [
@@ -662,7 +608,7 @@ def main(argv: list[str]) -> int:
             if stage == "throughput":
                 results[stage] = stage_throughput(device, work, deadline, args.dry_run)
             elif stage == "imagefolder":
-                results[stage] = stage_imagefolder(device, work, deadline)
+                results[stage] = stage_imagefolder(device, deadline)
             elif stage == "correctness":
                 results[stage] = stage_correctness(device, work, deadline)
             else:

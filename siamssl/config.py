@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
@@ -18,8 +18,10 @@ from siamssl.backbones import BACKBONES
 from siamssl.data.config import DataConfig
 from siamssl.errors import ConfigError
 from siamssl.eval.monitors import MONITORS
+from siamssl.loggers import LOGGERS, TensorBoardOptions, WandbOptions
 from siamssl.methods import METHODS
 from siamssl.registry import Registry, closest_match
+from siamssl.runtime import message
 from siamssl.schema import build_section, dotted_keys, section_to_dict, unknown_key_error
 
 if TYPE_CHECKING:
@@ -35,7 +37,9 @@ class OptimConfig:
     ``schedule_unit: epoch`` changes the rate once per epoch (SimSiam/MoCo v2 code), ``step`` every
     step. ``schedule: step`` multiplies the rate by ``step_gamma`` at each epoch of ``step_milestones``
     (MoCo v1: ×0.1 at 120 and 160). ``exclude_bias_and_norm``: no weight decay (and no LARS adaptation)
-    for 1-D parameters; default True for LARS and False for SGD/AdamW.
+    for 1-D parameters; default True for LARS and False for SGD/AdamW/Adam.
+    ``name: adam`` is ``torch.optim.Adam``, whose weight decay is an L2 term added to the gradient
+    (coupled; lightly's CIFAR-10 SwAV benchmark); ``adamw`` decouples it.
     ``weight_decay_end``: when set, the weight decay of the decayed groups follows a per-step cosine
     from ``weight_decay`` to this value (DINO: 0.04 → 0.4); groups excluded from decay or with their
     own ``weight_decay`` keep theirs.
@@ -43,7 +47,7 @@ class OptimConfig:
     rate never exceeds the scheduled rate, i.e. the update uses ``min(trust / lr, 1)``.
     """
 
-    name: Literal["sgd", "lars", "adamw"] = "sgd"
+    name: Literal["sgd", "lars", "adamw", "adam"] = "sgd"
     base_lr: float = 0.05
     lr_scaling: Literal["linear", "none"] = "linear"
     momentum: float = 0.9
@@ -69,42 +73,80 @@ class TrainerConfig:
     """Training loop options.
 
     ``max_steps`` stops after that many optimizer steps and sets the schedule's length (overrides
-    ``epochs``). ``precision``: fp32, bf16 autocast (CPU and GPU; the fast choice on recent GPUs) or
-    fp16 autocast with gradient scaling (GPU; its scaler reads an overflow flag back every step);
-    losses, normalizations and softmaxes stay in float32. ``resume``: true continues
-    ``output_dir``'s last checkpoint, a path continues that checkpoint (saved under any number of
-    processes: the global batch, not the world size, defines a step). ``overwrite``: replace an
-    existing ``output_dir``. ``deterministic``: deterministic algorithms only (also turns off cuDNN
-    autotuning, which is on otherwise on GPUs).
+    ``epochs``). ``precision``: ``auto`` (default: bf16 autocast on a CUDA GPU that supports it,
+    fp32 on the CPU and older GPUs), fp32, bf16 autocast (CPU and GPU) or fp16 autocast with
+    gradient scaling (GPU; its scaler reads an overflow flag back every step); losses,
+    normalizations and softmaxes stay in float32. ``tf32``: on CUDA, float32 matrix products and
+    convolutions may use TensorFloat-32 (``torch.set_float32_matmul_precision("high")``; false:
+    full float32). ``resume``: true continues ``output_dir``'s last checkpoint, a path continues
+    that checkpoint (saved under any number of processes: the global batch, not the world size,
+    defines a step). ``overwrite``: replace an existing ``output_dir``. ``deterministic``:
+    deterministic algorithms only (also turns off cuDNN autotuning, which is on otherwise on GPUs).
+
+    ``device``: ``auto`` (this process's GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``
+    (not under torchrun, where ``LOCAL_RANK`` picks the GPU). ``dist_timeout_minutes``: how long a
+    collective (a gather, a barrier while rank 0 writes a checkpoint) may wait under torchrun
+    before the job fails instead of hanging.
 
     ``sync_bn``: under ``torchrun`` with more than one process, compute BatchNorm statistics over the
     global batch (SyncBatchNorm); null (default) follows the method's paper (``default_sync_bn``: on
     for SimSiam, BYOL, SimCLR, MoCo v3, Barlow Twins, VICReg, SwAV; off for Shuffle-BN MoCo,
     InstDisc, CMC).
-    ``compile``: ``torch.compile`` the backbone with ``compile_backend`` (``inductor``; ``aot_eager``
-    checks tracing without code generation) and ``compile_mode`` (inductor: ``default``,
-    ``reduce-overhead`` — CUDA graphs, removing per-kernel launch cost, worth it for small models and
-    images — or ``max-autotune``). ``channels_last``: NHWC memory format for model and images (faster
-    convolutions with AMP on recent GPUs).
+    ``compile``: ``torch.compile`` every network the method lists in ``compiled_modules()`` (the
+    backbone and its momentum target / teacher) with static shapes, one graph per input resolution
+    (multi-crop) and ``compile_backend`` (``inductor``; ``aot_eager`` checks tracing without code
+    generation) and ``compile_mode`` (inductor: ``default``, ``reduce-overhead`` — CUDA graphs,
+    removing per-kernel launch cost, worth it for small models and images — or ``max-autotune``);
+    evaluations run the same modules eagerly. ``channels_last``: NHWC memory format for model and
+    images (faster convolutions with AMP on recent GPUs); ``auto`` (default): on for convolutional
+    backbones on CUDA.
+
+    Checkpoints (``checkpoints/last.pt``) are written at the end of training, on interruption, and
+    whenever any of these is due: ``checkpoint_every_minutes`` of wall time since the last one
+    (checked at log steps and epoch ends; null: never by time), every ``checkpoint_every_epochs``
+    epochs (null, the default: epoch ends count only through the minutes rule, so long epochs are
+    saved at each end and few-second CIFAR epochs are not), every ``checkpoint_every_steps`` steps.
+    ``keep_epoch_checkpoints`` copies each epoch-end checkpoint to ``epoch_NNNN.pt`` (every epoch
+    when ``checkpoint_every_epochs`` is null).
+
+    ``loggers``: where metrics go, written by rank 0 (:mod:`siamssl.loggers`): ``jsonl``
+    (``metrics.jsonl``, which the report reads), ``tensorboard`` (options under ``tensorboard``) and
+    ``wandb`` (options under ``wandb``; offline without an API key).
     """
 
     epochs: int = 100
     max_steps: Optional[int] = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    tf32: bool = True
     device: str = "auto"
+    dist_timeout_minutes: float = 30.0
     compile: bool = False
     compile_backend: str = "inductor"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    channels_last: bool = False
+    channels_last: Union[bool, Literal["auto"]] = "auto"
     sync_bn: Optional[bool] = None
     log_every_steps: int = 20
-    checkpoint_every_epochs: int = 1
+    checkpoint_every_minutes: Optional[float] = 10.0
+    checkpoint_every_epochs: Optional[int] = None
     checkpoint_every_steps: Optional[int] = None
     keep_epoch_checkpoints: bool = False
     resume: Union[bool, str] = False
     overwrite: bool = False
     progress_bar: bool = True
     deterministic: bool = False
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    tensorboard: TensorBoardOptions = field(default_factory=TensorBoardOptions)
+    wandb: WandbOptions = field(default_factory=WandbOptions)
+
+    def __post_init__(self) -> None:
+        if self.dist_timeout_minutes <= 0:
+            raise ValueError(f"trainer.dist_timeout_minutes must be positive, got {self.dist_timeout_minutes}")
+        if self.checkpoint_every_minutes is not None and self.checkpoint_every_minutes <= 0:
+            raise ValueError(f"trainer.checkpoint_every_minutes must be positive or null, got {self.checkpoint_every_minutes}")
+        for key in ("checkpoint_every_epochs", "checkpoint_every_steps", "log_every_steps"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"trainer.{key} must be at least 1, got {value}")
 
 
 @dataclass
@@ -214,12 +256,15 @@ def config_from_dict(raw: dict) -> Config:
             raise unknown_key_error(str(key), all_keys(raw))
     top = build_section(_TopLevel, {k: raw[k] for k in ("output_dir", "seed") if k in raw}, "")
     eval_section, monitor_options = _eval_section(raw)
+    trainer = build_section(TrainerConfig, raw.get("trainer") or {}, "trainer")
+    for name in trainer.loggers:
+        LOGGERS.entry(name)  # an unknown logger fails here, naming the closest
     return Config(
         method=_named_section(raw, "method", METHODS),
         backbone=_named_section(raw, "backbone", BACKBONES),
         data=build_section(DataConfig, raw.get("data") or {}, "data"),
         optim=build_section(OptimConfig, raw.get("optim") or {}, "optim"),
-        trainer=build_section(TrainerConfig, raw.get("trainer") or {}, "trainer"),
+        trainer=trainer,
         eval=eval_section,
         monitor_options=monitor_options,
         output_dir=top.output_dir,
@@ -370,9 +415,35 @@ def load_raw(path: Optional[str]) -> dict:
     return raw
 
 
+def drop_replaced_backbone_options(raw: dict, recipe_backbone: Optional[str], overridden: set[str]) -> list[str]:
+    """When an override replaces the recipe's backbone (``backbone.name=timm`` on a ResNet-18 recipe),
+    drop the recipe's backbone options the new backbone does not take (a ResNet's ``widths`` mean
+    nothing to timm); options it shares (``cifar_stem``) and options given on the command line stay.
+    Returns the dropped keys."""
+    section = raw.get("backbone")
+    if not isinstance(section, dict) or recipe_backbone is None:
+        return []
+    name = section.get("name", _DEFAULT_NAMES["backbone"])
+    if name == recipe_backbone or not isinstance(name, str) or name not in BACKBONES:
+        return []
+    config = BACKBONES.entry(name).config
+    accepted = {f.name for f in fields(config)} if config is not None else set()
+    dropped = [k for k in section if k != "name" and k not in accepted and f"backbone.{k}" not in overridden]
+    for key in dropped:
+        del section[key]
+    return dropped
+
+
 def load_config(path: Optional[str], overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
     """YAML file + ``key=value`` overrides -> validated :class:`Config`."""
     raw = load_raw(path)
+    recipe_backbone = (raw.get("backbone") or {}).get("name", _DEFAULT_NAMES["backbone"]) if isinstance(raw.get("backbone"), dict) else None
+    overridden = set()
     for override in overrides:
         apply_override(raw, override)
+        overridden.add(override.split("=", 1)[0].strip())
+    dropped = drop_replaced_backbone_options(raw, recipe_backbone, overridden)
+    if dropped:
+        message(f"backbone.name={raw['backbone']['name']} replaces the recipe's '{recipe_backbone}'; "
+                f"its options {', '.join(dropped)} do not apply to it and were dropped")
     return config_from_dict(raw)

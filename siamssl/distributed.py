@@ -18,8 +18,8 @@ so the same loss code runs in a notebook, a unit test and under ``torchrun``.
 
 :class:`SyncBatchNorm` follows the same rule: its statistics are those of the global batch, computed
 with :func:`gather_with_grad`, so 2 processes × B normalize exactly as 1 process × 2B. It works with
-every backend (``torch.nn.SyncBatchNorm`` refuses CPU tensors, hence gloo); :func:`convert_sync_batchnorm`
-uses torch's fused version on CUDA tensors and this one elsewhere.
+every backend (``torch.nn.SyncBatchNorm`` refuses CPU tensors, hence gloo) and never reads a device
+value on the host; :func:`convert_sync_batchnorm` uses it on every device.
 """
 
 from __future__ import annotations
@@ -132,6 +132,22 @@ def all_reduce_max(x: Tensor) -> Tensor:
     return x
 
 
+@torch.no_grad()
+def broadcast_from_first_rank(x: Tensor) -> Tensor:
+    """In-place: every rank gets rank 0's ``x`` (a device-side collective, nothing read on the host)."""
+    if is_distributed():
+        dist.broadcast(x, src=0)
+    return x
+
+
+def host_to_device(x: Tensor, device: torch.device) -> Tensor:
+    """Copy a small host tensor to ``device`` without making the host wait: through pinned memory and
+    ``non_blocking`` on CUDA (a copy from pageable memory blocks until the device has it)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def local_row_offset(local_rows: int) -> int:
     """Index of this rank's first row in a gathered tensor (for in-batch contrastive labels)."""
     return rank() * local_rows
@@ -202,7 +218,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = (counts * means).sum(dim=0) / total
         var = (m2s + counts * (means - mean).pow(2)).sum(dim=0) / total
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            self._update_running_stats(mean.detach(), var.detach(), float(total))
+            self._update_running_stats(mean.detach(), var.detach(), total)
         shape_dims = input.dim()
         out = (x - _channel_view(mean, shape_dims)) * _channel_view(torch.rsqrt(var + self.eps), shape_dims)
         if self.weight is not None:
@@ -212,11 +228,13 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(input.dtype)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, count: float) -> None:
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        """Momentum update with the unbiased variance; ``count`` (the global batch's values per
+        channel) stays on the device: nothing here reads a device value on the host."""
         assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        unbiased = var * (count / max(count - 1.0, 1.0))
+        factor = (1.0 / self.num_batches_tracked.float()) if self.momentum is None else self.momentum
+        unbiased = var * (count / (count - 1.0).clamp(min=1.0))
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
@@ -270,9 +288,15 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.num_batches_tracked.add_(1)
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         rest = input.shape[2:]
-        # chunk s of the batch becomes channels [s·C, (s+1)·C): one batch_norm call, per-chunk statistics
-        folded = input.reshape(self.num_splits, n // self.num_splits, c, *rest).transpose(0, 1)
-        folded = folded.reshape(n // self.num_splits, self.num_splits * c, *rest)
+        channels_last = input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
+        if channels_last:  # fold NHWC as (positions, splits × C): the output stays channels_last, no extra copy
+            positions = (n // self.num_splits) * rest[0] * rest[1]
+            folded = input.permute(0, 2, 3, 1).reshape(self.num_splits, positions, c).transpose(0, 1)
+            folded = folded.reshape(positions, self.num_splits * c)
+        else:
+            # chunk s of the batch becomes channels [s·C, (s+1)·C): one batch_norm call, per-chunk statistics
+            folded = input.reshape(self.num_splits, n // self.num_splits, c, *rest).transpose(0, 1)
+            folded = folded.reshape(n // self.num_splits, self.num_splits * c, *rest)
         running_mean = self.running_mean.repeat(self.num_splits)
         running_var = self.running_var.repeat(self.num_splits)
         weight = self.weight.repeat(self.num_splits) if self.weight is not None else None
@@ -281,6 +305,9 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         with torch.no_grad():
             self.running_mean.copy_(running_mean.view(self.num_splits, c).mean(dim=0))
             self.running_var.copy_(running_var.view(self.num_splits, c).mean(dim=0))
+        if channels_last:
+            out = out.reshape(positions, self.num_splits, c).transpose(0, 1)
+            return out.reshape(n, rest[0], rest[1], c).permute(0, 3, 1, 2)
         out = out.reshape(n // self.num_splits, self.num_splits, c, *rest).transpose(0, 1)
         return out.reshape(input.shape)
 
@@ -316,21 +343,21 @@ _PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: Optional[torch.device] = None) -> nn.Module:
-    """Replace every ``nn.BatchNorm1d/2d/3d`` in ``module`` by a synchronized BatchNorm sharing its
-    parameters and buffers: ``torch.nn.SyncBatchNorm`` when ``device`` is CUDA (fused NCCL kernels),
-    :class:`SyncBatchNorm` otherwise. Only these exact classes are converted: a subclass (a split or
-    ghost BatchNorm, say) defines its own statistics on purpose and is kept. A BatchNorm reachable
-    through several paths becomes one synchronized module, so sharing is preserved.
+    """Replace every ``nn.BatchNorm1d/2d/3d`` in ``module`` by :class:`SyncBatchNorm`, sharing its
+    parameters and buffers, on every device. (``torch.nn.SyncBatchNorm`` is not used on CUDA: its
+    forward reads the per-rank counts on the host in every layer, a synchronization per BatchNorm
+    per step that also breaks ``torch.compile`` graphs; here the counts stay on the device.) Only
+    these exact classes are converted: a subclass (a split or ghost BatchNorm, say) defines its own
+    statistics on purpose and is kept. A BatchNorm reachable through several paths becomes one
+    synchronized module, so sharing is preserved. ``device`` is accepted for compatibility and unused.
     """
-    use_torch = device is not None and device.type == "cuda"
     converted: dict[int, nn.Module] = {}
 
     def convert(child: nn.Module) -> nn.Module:
         if type(child) not in _PLAIN_BATCHNORMS:
             return child
         if id(child) not in converted:
-            cls = nn.SyncBatchNorm if use_torch else SyncBatchNorm
-            new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             if child.affine:
                 new.weight, new.bias = child.weight, child.bias
             new.running_mean, new.running_var = child.running_mean, child.running_var

@@ -15,3 +15,7 @@ class DataError(SiamSSLError):
 
 class TrainingDiverged(SiamSSLError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CorruptImageWarning(UserWarning):
+    """A training image could not be read; the batch went on with another image in its place."""

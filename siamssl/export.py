@@ -1,6 +1,6 @@
 """Export a trained backbone for other code (detection, segmentation, fine-tuning).
 
-``python -m siamssl.export --checkpoint RUN/ [--format torchvision] [--output PATH] [--num-classes N]``
+``python -m siamssl.export --checkpoint RUN/ [--format auto|torchvision|timm|backbone] [--output PATH] [--num-classes N]``
 
 * ``torchvision``: the backbone's ``state_dict`` in torchvision's naming, checked against
   ``torchvision.models.<name>``: it loads with ``strict=True`` into e.g. ``resnet50()`` once ``fc`` is
@@ -8,7 +8,14 @@
   so ``resnet50(num_classes=N).load_state_dict(sd)`` works as is). Backbones with the CIFAR stem
   keep their 3×3 ``conv1``: replace the torchvision model's ``conv1`` and ``maxpool`` first (the
   command prints how).
+  This covers siamssl's ``resnet18/34/50`` and the ``torchvision`` backbone (``backbone.model``:
+  ResNet ``fc``, ViT ``heads.head`` or ConvNeXt ``classifier.2`` is the classifier left out).
+* ``timm``: a ``backbone.name: timm`` backbone's ``state_dict`` in timm's own naming, checked against
+  ``timm.create_model(backbone.model, **backbone.kwargs)``: it loads with ``strict=True`` once the
+  classifier (``pretrained_cfg['classifier']``) is added back or removed with ``reset_classifier(0)``
+  (``--num-classes N`` adds a fresh one).
 * ``backbone``: the siamssl backbone's ``state_dict`` as is, for any backbone.
+* ``auto`` (default): ``timm`` for timm backbones, ``torchvision`` otherwise.
 
 Writes ``NAME.pt`` (a plain state_dict for ``torch.load``), ``NAME.safetensors`` when the
 ``safetensors`` package is installed, and ``NAME.json`` (architecture, feature size, source).
@@ -28,7 +35,7 @@ from torch import Tensor
 
 from siamssl.errors import ConfigError, SiamSSLError
 
-FORMATS = ("torchvision", "backbone")
+FORMATS = ("auto", "torchvision", "timm", "backbone")
 
 
 def backbone_state(model_state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -55,22 +62,71 @@ def torchvision_reference(name: str) -> Optional[torch.nn.Module]:
         return None
 
 
+def torchvision_target(backbone_name: str, backbone_options: dict[str, Any]) -> tuple[Optional[torch.nn.Module], str, str]:
+    """(torchvision reference model or None, its name, its classifier module) for a configured backbone."""
+    if backbone_name == "torchvision":
+        import torchvision.models as models
+
+        from siamssl.backbones.external import torchvision_head
+
+        model = backbone_options["model"]
+        with torch.device("meta"):
+            reference = models.get_model(model, weights=None, **backbone_options.get("kwargs", {}))
+        return reference, model, torchvision_head(model)
+    return torchvision_reference(backbone_name), backbone_name, "fc"
+
+
+def _classifier_free(reference: torch.nn.Module, heads: tuple[str, ...]) -> dict[str, Tensor]:
+    return {k: v for k, v in reference.state_dict().items() if not any(k.startswith(h + ".") for h in heads)}
+
+
+def _check_keys(state: dict[str, Tensor], expected: dict[str, Tensor], target: str, fmt: str) -> None:
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(
+            f"the backbone does not match {target}: missing {missing[:3]}, unexpected {unexpected[:3]}; use --format backbone"
+            if fmt == "torchvision" else
+            f"the backbone does not match {target}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+
+
+def _cifar_stem_note(state: dict[str, Tensor]) -> str:
+    width, channels = state["conv1.weight"].shape[:2]
+    return (
+        f"CIFAR stem: before loading, set model.conv1 = torch.nn.Conv2d({channels}, {width}, kernel_size=3, stride=1, "
+        "padding=1, bias=False) and model.maxpool = torch.nn.Identity()"
+    )
+
+
+def to_timm(state: dict[str, Tensor], backbone_options: dict[str, Any]) -> tuple[dict[str, Tensor], list[str], str]:
+    """Check that ``state`` is ``timm.create_model(model, **kwargs)`` without its classifier; returns
+    the state, notes (the CIFAR stem to mirror) and the classifier module's name."""
+    from siamssl.backbones.external import timm_classifier_prefixes, timm_reference
+
+    model = backbone_options["model"]
+    reference = timm_reference(model, backbone_options.get("kwargs", {}))
+    heads = timm_classifier_prefixes(reference)
+    expected = _classifier_free(reference, heads)
+    _check_keys(state, expected, f"timm's {model}", "timm")
+    for key, value in state.items():
+        if value.shape != expected[key].shape and not (key == "conv1.weight" and backbone_options.get("cifar_stem")):
+            raise ConfigError(f"'{key}' has shape {tuple(value.shape)} but timm's {model} has {tuple(expected[key].shape)}")
+    notes = [_cifar_stem_note(state)] if backbone_options.get("cifar_stem") else []
+    return state, notes, heads[0] if heads else "head"
+
+
 def to_torchvision(state: dict[str, Tensor], backbone_name: str, backbone_options: dict[str, Any]) -> tuple[dict[str, Tensor], list[str]]:
-    """Check that ``state`` is ``torchvision.models.<backbone_name>`` without ``fc``; returns the state
+    """Check that ``state`` is ``torchvision.models.<name>`` without its classifier; returns the state
     and notes (stem changes the user has to mirror on the torchvision model)."""
-    reference = torchvision_reference(backbone_name)
+    reference, target, head = torchvision_target(backbone_name, backbone_options)
     if reference is None:
         raise ConfigError(
             f"backbone '{backbone_name}' has no torchvision model to export to; use --format backbone "
             "(the siamssl backbone's state_dict)"
         )
-    expected = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ConfigError(
-            f"backbone '{backbone_name}' does not match torchvision's {backbone_name}: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}; use --format backbone"
-        )
+    backbone_name = target
+    expected = _classifier_free(reference, (head,))
+    _check_keys(state, expected, f"torchvision's {backbone_name}", "torchvision")
     notes = []
     for key, value in state.items():
         if value.shape != expected[key].shape:
@@ -78,12 +134,7 @@ def to_torchvision(state: dict[str, Tensor], backbone_name: str, backbone_option
                 continue
             raise ConfigError(f"'{key}' has shape {tuple(value.shape)} but torchvision's {backbone_name} has {tuple(expected[key].shape)}")
     if backbone_options.get("cifar_stem"):
-        width = state["conv1.weight"].shape[0]
-        channels = state["conv1.weight"].shape[1]
-        notes.append(
-            f"CIFAR stem: before loading, set model.conv1 = torch.nn.Conv2d({channels}, {width}, kernel_size=3, stride=1, "
-            "padding=1, bias=False) and model.maxpool = torch.nn.Identity()"
-        )
+        notes.append(_cifar_stem_note(state))
     elif backbone_options.get("in_channels", 3) != 3:
         width, channels = state["conv1.weight"].shape[:2]
         notes.append(
@@ -93,14 +144,16 @@ def to_torchvision(state: dict[str, Tensor], backbone_name: str, backbone_option
     return state, notes
 
 
-def add_classifier(state: dict[str, Tensor], feature_dim: int, num_classes: int, seed: int = 0) -> dict[str, Tensor]:
-    """``state`` plus a fresh ``fc`` (weights N(0, 0.01), bias 0) mapping ``feature_dim`` to ``num_classes``."""
+def add_classifier(state: dict[str, Tensor], feature_dim: int, num_classes: int, seed: int = 0,
+                   head: str = "fc") -> dict[str, Tensor]:
+    """``state`` plus a fresh linear classifier ``head`` (weights N(0, 0.01), bias 0) mapping
+    ``feature_dim`` to ``num_classes``."""
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(num_classes, feature_dim, generator=generator) * 0.01
-    return {**state, "fc.weight": weight, "fc.bias": torch.zeros(num_classes)}
+    return {**state, f"{head}.weight": weight, f"{head}.bias": torch.zeros(num_classes)}
 
 
-def export(checkpoint: str | Path, fmt: str = "torchvision", output: Optional[str | Path] = None,
+def export(checkpoint: str | Path, fmt: str = "auto", output: Optional[str | Path] = None,
            prefix: str = "backbone", num_classes: Optional[int] = None, quiet: bool = False) -> list[Path]:
     """Export a checkpoint's backbone; returns the files written."""
     from siamssl.backbones import build_backbone
@@ -120,13 +173,22 @@ def export(checkpoint: str | Path, fmt: str = "torchvision", output: Optional[st
     except RuntimeError as exc:
         raise SiamSSLError(f"'{prefix}' in {path} is not a {cfg.backbone.name} backbone: {str(exc).splitlines()[0]}") from None
     notes: list[str] = []
+    if fmt == "auto":
+        fmt = "timm" if cfg.backbone.name == "timm" else "torchvision"
+    if fmt == "timm" and cfg.backbone.name != "timm":
+        raise ConfigError(f"--format timm needs a backbone.name=timm run; this one has backbone '{cfg.backbone.name}'")
     if fmt == "torchvision":
         state, notes = to_torchvision(state, cfg.backbone.name, options)
         if num_classes is not None:
-            state = add_classifier(state, feature_dim, num_classes)
+            state = add_classifier(state, feature_dim, num_classes, head=torchvision_target(cfg.backbone.name, options)[2])
+    elif fmt == "timm":
+        state, notes, head = to_timm(state, options)
+        if num_classes is not None:
+            state = add_classifier(state, feature_dim, num_classes, head=head)
     elif num_classes is not None:
-        raise ConfigError("--num-classes applies to --format torchvision")
-    stem = Path(output) if output else run_directory(path) / "export" / f"{cfg.backbone.name}_{fmt}"
+        raise ConfigError("--num-classes applies to --format torchvision and timm")
+    architecture = options["model"] if cfg.backbone.name in ("timm", "torchvision") else cfg.backbone.name
+    stem = Path(output) if output else run_directory(path) / "export" / f"{architecture}_{fmt}"
     if stem.suffix in (".pt", ".pth", ".safetensors"):
         stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -138,10 +200,11 @@ def export(checkpoint: str | Path, fmt: str = "torchvision", output: Optional[st
         notes.append("safetensors is not installed (pip install safetensors): wrote the .pt file only")
     else:
         written.append(stem.with_suffix(".safetensors"))
-        save_file(state, str(written[-1]), metadata={"format": fmt, "architecture": cfg.backbone.name})
+        save_file(state, str(written[-1]), metadata={"format": fmt, "architecture": architecture})
     meta = {
         "format": fmt,
-        "architecture": cfg.backbone.name,
+        "architecture": architecture,
+        "backbone": cfg.backbone.name,
         "backbone_options": options,
         "feature_dim": feature_dim,
         "num_classes": num_classes,
@@ -169,10 +232,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint .pt file, or a run directory (→ checkpoints/last.pt)")
-    parser.add_argument("--format", default="torchvision", choices=FORMATS, help="torchvision (default) or backbone")
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="torchvision or timm naming (auto, the default: timm for timm backbones), or backbone (as is)")
     parser.add_argument("--output", help="output path without extension (default RUN/export/<backbone>_<format>)")
     parser.add_argument("--prefix", default="backbone", help="which module of the method to export (default: backbone)")
-    parser.add_argument("--num-classes", type=int, help="add a fresh fc with this many outputs (torchvision format)")
+    parser.add_argument("--num-classes", type=int, help="add a fresh classifier with this many outputs (torchvision, timm formats)")
     args = parser.parse_args(argv)
     from siamssl.eval.runs import run_cli
 

@@ -1,4 +1,4 @@
-"""Optimizers (SGD, LARS, AdamW) built from a method's parameter groups, and the learning-rate schedule."""
+"""Optimizers (SGD, LARS, AdamW, Adam) built from a method's parameter groups, and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def build_optimizer(groups: list[ParamGroup], cfg, peak_lr: float) -> Optimizer:
             torch_groups, lr=peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta, clip=cfg.lars_clip
         )
     on_gpu = all(p.is_cuda for group in torch_groups for p in group["params"])
-    return torch.optim.AdamW(
+    adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return adam(
         torch_groups, lr=peak_lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **({"fused": True} if on_gpu else {"foreach": True})
     )
 

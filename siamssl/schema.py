@@ -26,6 +26,8 @@ def type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(type_name(a) for a in get_args(tp))
+    if origin is dict:
+        return "a mapping"
     if origin in (list, tuple):
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -99,6 +101,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         element = args[0] if args else Any
         items = [_coerce(v, element, key) for v in value]
         return tuple(items) if origin is tuple else items
+    if origin is dict:  # a free mapping (timm's keyword arguments): its keys are checked by its owner
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _Mismatch
+        value_type = get_args(tp)[1] if get_args(tp) else Any
+        return {k: _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _Mismatch
@@ -153,6 +160,8 @@ def build_section(cls: type, raw: dict, prefix: str) -> Any:
             raise ConfigError(f"config key '{key}' must be {type_name(tp)}, got {raw[f.name]!r}") from None
     try:
         return cls(**values)
+    except ConfigError:  # a section's own check (``__post_init__``) already names its key
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config section '{prefix}': {exc}") from None
 

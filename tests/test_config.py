@@ -15,8 +15,16 @@ assert CONFIGS, f"no recipes under {CONFIG_DIR}"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.relative_to(CONFIG_DIR).as_posix() for p in CONFIGS])
 def test_every_shipped_config_validates(path):
+    """Every recipe, those in subfolders (configs/benchmarks/...) included, loads and names its source."""
     cfg = load_config(str(path))
     assert cfg.to_dict()["method"]["name"] == cfg.method.name
+    header = path.read_text().split("\n", 1)[0]
+    assert header.startswith("# "), f"{path.name} does not start with its source comment"
+
+
+def test_benchmark_configs_are_found_in_their_subfolder():
+    lightly = {p.stem for p in CONFIGS if p.parent.name == "lightly_cifar10"}
+    assert lightly == {"simsiam", "byol", "moco", "simclr", "barlow_twins", "swav", "dino"}
 
 
 def test_required_keys_exist():
@@ -47,7 +55,7 @@ def test_unknown_key_names_closest(tmp_path, override, expected):
     [
         ("trainer.epochs=ten", "'trainer.epochs' must be an integer, got 'ten'"),
         ("method.stop_gradient=maybe", "'method.stop_gradient' must be a boolean"),
-        ("optim.name=adam", "'optim.name' must be one of 'sgd', 'lars', 'adamw'"),
+        ("optim.name=adagrad", "'optim.name' must be one of 'sgd', 'lars', 'adamw', 'adam'"),
         ("data.augment.crop_scale=[0.2]", "'data.augment.crop_scale' must be a list of 2"),
         ("method.predictor=linear", "'method.predictor' must be one of 'learned', 'none', 'fixed_random'"),
     ],
@@ -91,3 +99,15 @@ def test_override_syntax_errors():
     raw = {"trainer": 3}
     with pytest.raises(ConfigError, match="not a section"):
         apply_override(raw, "trainer.epochs.x=1")
+
+
+def test_replacing_the_recipe_backbone_drops_only_the_options_it_does_not_take(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"backbone": {"name": "resnet_narrow", "cifar_stem": True, "widths": [8, 8, 8, 8]}}))
+    cfg = load_config(str(recipe), ["backbone.name=resnet18"])
+    assert cfg.backbone.name == "resnet18" and cfg.backbone.cifar_stem is True  # shared option kept
+    assert "its options widths do not apply to it and were dropped" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown config key 'backbone.widths'"):  # given on the command line: checked
+        load_config(str(recipe), ["backbone.name=resnet18", "backbone.widths=[8, 8, 8, 8]"])
+    kept = load_config(str(recipe), ["backbone.widths=[4, 4, 4, 4]"])  # same backbone: nothing dropped
+    assert kept.backbone.widths == (4, 4, 4, 4)

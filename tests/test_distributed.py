@@ -39,9 +39,10 @@ def test_converter_replaces_plain_batchnorms_and_keeps_parameters_buffers_and_sh
     assert all(torch.equal(v, before[k]) for k, v in converted.state_dict().items())
 
 
-def test_converter_uses_torch_syncbatchnorm_for_cuda_devices():
+def test_converter_uses_siamssl_syncbatchnorm_for_cuda_devices_too():
+    # torch.nn.SyncBatchNorm reads the ranks' counts on the host in every forward (a sync per layer)
     converted = convert_sync_batchnorm(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), torch.device("cuda"))
-    assert type(converted[1]) is nn.SyncBatchNorm
+    assert type(converted[1]) is SyncBatchNorm
     assert type(convert_sync_batchnorm(nn.BatchNorm1d(3))) is SyncBatchNorm  # the module itself
 
 

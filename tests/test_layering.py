@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "registry": 0, "schema": 0, "distributed": 0,
     "losses": 1, "heads": 1, "backbones": 1,
     "methods": 2, "analysis": 2,
-    "data": 3, "optim": 3, "checkpoint": 3, "runtime": 3,
+    "data": 3, "optim": 3, "checkpoint": 3, "runtime": 3, "loggers": 3,
     "eval": 4,
     "config": 5,
     "train": 6, "integrations": 6,

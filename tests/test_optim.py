@@ -149,3 +149,29 @@ def test_sgd_and_adamw_use_multi_tensor_updates():
     params = [ParamGroup("all", list(_lars_model(0).parameters()))]
     assert build_optimizer(params, OptimConfig(name="sgd"), peak_lr=0.1).defaults["foreach"] is True
     assert build_optimizer(params, OptimConfig(name="adamw"), peak_lr=0.1).defaults["foreach"] is True  # fused on a GPU
+
+
+def test_adam_is_torch_adam_with_coupled_weight_decay():
+    """``name: adam`` (lightly's CIFAR-10 SwAV benchmark) steps exactly as ``torch.optim.Adam`` with
+    its L2 weight decay, and differs from ``adamw``'s decoupled decay."""
+    from siamssl.methods.base import ParamGroup
+    from siamssl.config import OptimConfig
+    from siamssl.optim import build_optimizer
+
+    def run(make):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+        optimizer = make(model)
+        data = torch.randn(5, 8, 4, generator=torch.Generator().manual_seed(1))
+        for x in data:
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            optimizer.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    def ours(name):
+        return lambda model: build_optimizer([ParamGroup("all", list(model.parameters()))], OptimConfig(name=name, weight_decay=0.1), 1e-2)
+
+    reference = run(lambda model: torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.1))
+    assert torch.equal(run(ours("adam")), reference)
+    assert not torch.allclose(run(ours("adamw")), reference)

@@ -41,6 +41,7 @@ def test_nested_recipes_resolve_and_list(tmp_path, monkeypatch):
     (root / "simsiam.yaml").write_text("seed: 1\n")
     (root / "notes.txt").write_text("not a recipe")
     monkeypatch.setattr(config_module, "recipes_root", lambda: root)
+    monkeypatch.chdir(tmp_path)  # a clone's configs/ path must resolve through the recipes, not the working directory
     assert list_recipes() == ["benchmarks/lightly_cifar10/byol", "simsiam"]
     assert load_raw("benchmarks/lightly_cifar10/byol") == {"seed": 3}
     assert load_raw("configs/benchmarks/lightly_cifar10/byol.yaml") == {"seed": 3}

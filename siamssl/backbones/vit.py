@@ -31,8 +31,15 @@ class ViTConfig:
     ``patch_size``: 16 for ImageNet, 4 for 32-px CIFAR images.
     ``hidden_dim``/``num_layers``/``num_heads``/``mlp_ratio``: the transformer's size.
     ``pos_embedding``: ``learned`` (torchvision) or ``sincos``, MoCo v3's fixed 2-D sin-cos embedding.
-    ``init``: ``torchvision`` or ``mocov3`` (xavier-uniform Linear layers with Q, K, V initialized as
-    three matrices, zero biases, [CLS] ~ N(0, 1e-6), xavier-uniform patch projection; moco-v3 ``vits.py``).
+    ``init``: ``torchvision``, ``mocov3`` (xavier-uniform Linear layers with Q, K, V initialized as
+    three matrices, zero biases, [CLS] ~ N(0, 1e-6), xavier-uniform patch projection; moco-v3 ``vits.py``)
+    or ``dino`` (every Linear weight, the fused QKV matrix included, and the [CLS] token and position
+    embedding ~ trunc_normal(0, 0.02) cut at ±2, zero biases, LayerNorms at 1/0, PyTorch's default
+    Conv2d init of the patch projection; facebookresearch/dino ``vision_transformer.py``).
+    ``drop_path_rate``: stochastic depth (Huang et al. 2016) of the residual branches, rising
+    linearly from 0 at the first block to this rate at the last (DINO's student: 0.1, its teacher 0;
+    ``vision_transformer.py`` ``dpr``); active in train mode only, so an EMA teacher in eval mode
+    has none. 0 leaves the model exactly torchvision's.
     ``freeze_patch_embedding``: keep the patch projection at its random initialization (MoCo v3's
     ``--stop-grad-conv1``, which stabilizes ViT training, paper §4.3).
     """
@@ -44,8 +51,9 @@ class ViTConfig:
     num_heads: int = 6
     mlp_ratio: float = 4.0
     pos_embedding: Literal["learned", "sincos"] = "learned"
-    init: Literal["torchvision", "mocov3"] = "torchvision"
+    init: Literal["torchvision", "mocov3", "dino"] = "torchvision"
     freeze_patch_embedding: bool = False
+    drop_path_rate: float = 0.0
 
 
 @dataclass
@@ -87,6 +95,67 @@ def _mocov3_init_(model: VisionTransformer) -> None:
     bound = math.sqrt(6.0 / (conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] + conv.out_channels))
     nn.init.uniform_(conv.weight, -bound, bound)
     nn.init.zeros_(conv.bias)
+
+
+def _dino_init_(model: VisionTransformer) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.MultiheadAttention):  # DINO's qkv is one nn.Linear(D, 3D)
+            nn.init.trunc_normal_(module.in_proj_weight, std=0.02, a=-2.0, b=2.0)
+            nn.init.zeros_(module.in_proj_bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    nn.init.trunc_normal_(model.encoder.pos_embedding, std=0.02, a=-2.0, b=2.0)
+    nn.init.trunc_normal_(model.class_token, std=0.02, a=-2.0, b=2.0)
+    model.conv_proj.reset_parameters()
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth of a residual branch: in training, each sample's branch output is zeroed with
+    probability ``rate`` and otherwise scaled by ``1 / (1 - rate)`` (so its expectation is unchanged);
+    the identity in eval mode or at rate 0 (DINO ``vision_transformer.py`` ``drop_path``)."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device).add_(keep).floor_()
+    return x.div(keep) * mask
+
+
+class DropPath(nn.Module):
+    """:func:`drop_path` as a module (no parameters), active in train mode."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"backbone.drop_path_rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.rate, self.training)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+def _add_stochastic_depth_(model: VisionTransformer, max_rate: float) -> None:
+    """Put a :class:`DropPath` at the end of both residual branches of every block, at DINO's rates
+    ``linspace(0, max_rate, depth)``. torchvision's block adds ``self.dropout(attention)`` and
+    ``self.mlp(...)`` to the residual stream: the attention branch's dropout (rate 0 here) becomes the
+    drop-path and the MLP gets one appended. Neither has parameters, so the state dict, the
+    initialization and the random stream of the weights are those of the model without it."""
+    blocks = list(model.encoder.layers)
+    for index, block in enumerate(blocks):
+        rate = max_rate * index / max(1, len(blocks) - 1)
+        if rate == 0.0:
+            continue
+        if not isinstance(block.dropout, nn.Dropout) or block.dropout.p != 0.0:
+            raise ConfigError("stochastic depth expects the ViT's attention dropout to be 0")
+        block.dropout = DropPath(rate)
+        block.mlp.append(DropPath(rate))
 
 
 class AnySizeVisionTransformer(VisionTransformer):
@@ -134,6 +203,10 @@ def build_vit(cfg: ViTConfig) -> tuple[nn.Module, int]:
     model.heads = nn.Identity()
     if cfg.init == "mocov3":
         _mocov3_init_(model)
+    elif cfg.init == "dino":
+        _dino_init_(model)
+    if cfg.drop_path_rate:
+        _add_stochastic_depth_(model, cfg.drop_path_rate)
     if cfg.pos_embedding == "sincos":
         with torch.no_grad():
             model.encoder.pos_embedding.copy_(sincos_position_embedding(cfg.image_size // cfg.patch_size, cfg.hidden_dim))

@@ -19,8 +19,8 @@ formulas, but computed for every sample at once:
   a = −0.5 for bicubic, widened by the scale factor when downscaling, renormalized at the crop border):
   torchvision's ``resized_crop(antialias=True)`` to float rounding, with no aliasing when a crop of a
   large image is shrunk and no reads outside the crop box. A horizontal flip reverses the rows of
-  ``Wx``. Images of different sizes (folders decoded on the fly) take the per-image path
-  (crop view + ``interpolate``), which computes the same filter.
+  ``Wx``. Images of different sizes (folders decoded on the fly) are cropped into groups of
+  similar crop sizes and resized with the same matrices (:mod:`siamssl.data.crops`).
 * **Colour jitter** follows torchvision's float formulas: brightness ``f·x``, contrast blend with the
   mean of the grayscale image, saturation blend with the grayscale image, hue rotation in HSV;
   each followed by a clamp to [0, 1]. Every sample has its own random order of the four operations:
@@ -412,17 +412,12 @@ def resized_crops(images: ImageBatch, boxes: Tensor, flip: Tensor, size: int, in
         x = torch.bmm(source.reshape(views * count, 3 * height, width), cols.transpose(1, 2))
         x = torch.matmul(rows.unsqueeze(1), x.view(views * count, 3, height, size))  # (V·N, 3, S, S)
         x = x.view(views, count, 3, size, size)
-    else:
-        device = images[0].device
-        mode = "bicubic" if interpolation == "bicubic" else "bilinear"
-        crops = []
-        for v in range(views):
-            for n, image in enumerate(images):
-                top, left, h, w = (int(b) for b in boxes[v, n])
-                crop = image[:, top : top + h, left : left + w].unsqueeze(0).to(torch.float32)
-                crops.append(F.interpolate(crop, size=(size, size), mode=mode, align_corners=False, antialias=True))
-        x = torch.cat(crops).view(views, count, 3, size, size).mul_(to_unit)
-        x = torch.where(to_device(flip.view(views, count, 1, 1, 1), device), x.flip(-1), x)
+    else:  # images of different sizes: grouped by crop size, a few batched products per group
+        from siamssl.data.crops import resized_crops_of_images
+
+        x = resized_crops_of_images(list(images), boxes, flip, size, interpolation)
+        if levels:
+            x = x.mul_(255.0)
     # Cubic filters overshoot and normalized weights can sum to 1 + ε; torchvision's uint8 output
     # is in range too. Clamping here also keeps every later operation's input in range.
     if levels:

@@ -61,11 +61,21 @@ class ShapesConfig:
 
 
 @dataclass
-class DataConfig:
-    """``dataset``: a registered dataset (cifar10, cifar100, imagefolder, shapes).
+class STL10Config:
+    """STL-10 (``dataset: stl10``): ``split`` is what SSL pretraining draws from: ``train+unlabeled``
+    (5,000 labeled + 100,000 unlabeled images, the standard protocol), ``unlabeled`` or ``train``.
+    The kNN monitor and linear evaluation always use the labeled train and test splits."""
 
-    ``root``: where the dataset lives (CIFAR in torchvision format, or an ImageFolder tree with
-    ``train/`` and ``test/`` (or ``val/``) class folders). ``batch_size`` is the **global** batch
+    split: Literal["train+unlabeled", "unlabeled", "train"] = "train+unlabeled"
+
+
+@dataclass
+class DataConfig:
+    """``dataset``: a registered dataset (cifar10, cifar100, stl10, imagefolder, shapes).
+
+    ``root``: where the dataset lives (CIFAR: torchvision's batches or an image folder with
+    ``train/<class>/`` and ``test/<class>/``; STL-10: ``stl10_binary/``; imagefolder: ``train/`` and
+    ``test/`` (or ``val/``) class folders). ``batch_size`` is the **global** batch
     over all processes. ``pipeline``: ``batched`` (the whole batch augmented at once on the training
     device, :mod:`siamssl.data.batched`; image files decoded by the GPU when there is one),
     ``torchvision`` (per-sample transforms in DataLoader workers) or ``auto`` (batched for in-memory
@@ -74,6 +84,10 @@ class DataConfig:
     keep the native size, which must then be the same for every image). ``in_memory``: decode once
     into a uint8 cache (small datasets); False decodes files every epoch (ImageNet-scale folders).
     ``train_subset``/``test_subset``: use N images of a split, a fixed random sample (quick runs).
+    ``prefetch_batches``: batches of image files that the batched pipeline decodes and augments ahead
+    of the training step, in a background thread (on its own CUDA stream on a GPU).
+    ``loader_timeout_s``: the longest wait for one training batch of files before the run stops with
+    a one-line error (a hung file system or a stuck worker); 0 waits forever.
     """
 
     dataset: str = "cifar10"
@@ -86,6 +100,9 @@ class DataConfig:
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
     cache_dir: Optional[str] = None
+    prefetch_batches: int = 2
+    loader_timeout_s: float = 300.0
     download: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    stl10: STL10Config = field(default_factory=STL10Config)

@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 from siamssl.data.augment import Transform, eval_transform, view_transforms
 from siamssl.data.batched import BatchedAugment, to_device
 from siamssl.data.config import DataConfig
-from siamssl.data.datasets import ImageSplit, decode_image_file
+from siamssl.data.datasets import ImageSplit
+from siamssl.data.decode import FileBatches, PackedFiles, decode_batch
+from siamssl.data.prefetch import Prefetcher
 from siamssl.errors import ConfigError, DataError
 from siamssl.methods.base import Batch
 
@@ -96,8 +98,10 @@ class TrainLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device = torch.device("cpu"),
+        timeout_s: float = 300.0,
     ) -> None:
         self.steps_per_epoch = _check_batch(len(split), global_batch_size, world_size)
+        self.timeout_s = timeout_s
         self.split, self.transforms = split, list(transforms)
         self.global_batch_size, self.local_batch_size = global_batch_size, global_batch_size // world_size
         self.seed, self.num_workers, self.rank, self.device = seed, num_workers, rank, device
@@ -114,9 +118,10 @@ class TrainLoader:
             num_workers=self.num_workers if steps > 0 else 0,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
+            timeout=self.timeout_s if self.num_workers > 0 and steps > 0 else 0,
         )
         non_blocking = self.device.type == "cuda"
-        for views, index, labels in loader:
+        for views, index, labels in _one_line_errors(loader):
             yield Batch(
                 views=[v.to(self.device, non_blocking=non_blocking) for v in views],
                 index=index.to(self.device, non_blocking=non_blocking),
@@ -130,10 +135,17 @@ class BatchedTrainLoader:
     In-memory splits are moved to ``device`` once (uint8); each step gathers the batch by index and
     augments it there with :class:`~siamssl.data.batched.BatchedAugment`: no per-sample Python, no
     worker processes, and on a GPU no host synchronization (every random decision is drawn on the
-    host and copied asynchronously). Splits of image files are read by ``num_workers`` DataLoader
-    workers: on a GPU the JPEG files are decoded there (``torchvision.io.decode_jpeg(...,
-    device="cuda")``), other formats (or JPEGs the GPU decoder rejects) on the CPU; then the batch
-    is augmented on ``device`` as a list of images of different sizes.
+    host and copied asynchronously).
+
+    Splits of image files: ``num_workers`` DataLoader workers read the files of whole batches, each
+    batch packed into one byte buffer (:mod:`siamssl.data.decode`: a few shared-memory segments per
+    batch, not one per image). A background thread (:mod:`siamssl.data.prefetch`, on its own CUDA
+    stream on a GPU) decodes them, ``prefetch_batches`` ahead of the training step: JPEGs on the
+    device when ``decode_on_device`` (default: on GPUs; nvJPEG, with a per-image fallback to the CPU),
+    every file in the workers otherwise; then crops, resizes (grouped by crop size,
+    :mod:`siamssl.data.crops`) and augments the batch there. An unreadable file is replaced by another
+    image of its batch with a warning naming it. A batch that takes longer than ``timeout_s`` ends
+    the run with a one-line :class:`~siamssl.errors.DataError`.
 
     Determinism: the random parameters of global batch ``b`` of epoch ``e`` are drawn from
     ``(seed, e, b)`` for all its samples and each rank applies its slice, so the views depend
@@ -151,17 +163,21 @@ class BatchedTrainLoader:
         world_size: int = 1,
         device: torch.device = torch.device("cpu"),
         decode_on_device: Optional[bool] = None,
+        prefetch_batches: int = 2,
+        timeout_s: float = 300.0,
     ) -> None:
         self.steps_per_epoch = _check_batch(len(split), global_batch_size, world_size)
         self.split, self.augment = split, augment
         self.global_batch_size, self.local_batch_size = global_batch_size, global_batch_size // world_size
         self.seed, self.num_workers, self.rank, self.device = seed, num_workers, rank, device
+        if prefetch_batches < 1:
+            raise ConfigError(f"data.prefetch_batches must be >= 1, got {prefetch_batches}")
+        if timeout_s < 0:
+            raise ConfigError(f"data.loader_timeout_s must be >= 0 (0: no limit), got {timeout_s}")
+        self.prefetch_batches, self.timeout_s = prefetch_batches, timeout_s
         self.labels = split.labels.to(device)
         self.images = split.images.to(device) if split.images is not None else None
-        gpu = device.type == "cuda"
-        self.decode_on_device = gpu if decode_on_device is None else decode_on_device
-        if self.decode_on_device and not gpu:
-            raise ConfigError("decoding JPEGs on the device needs a CUDA device")
+        self.decode_on_device = device.type == "cuda" if decode_on_device is None else decode_on_device
 
     def draws(self, epoch: int, step: int):
         """This rank's slice of the augmentation draws of global batch ``step`` of ``epoch``."""
@@ -181,69 +197,50 @@ class BatchedTrainLoader:
         yield from self._file_batches(order, epoch, start_step)
 
     def _file_batches(self, order: Tensor, epoch: int, start_step: int) -> Iterator[Batch]:
-        positions = _local_positions(start_step, self.steps_per_epoch, self.global_batch_size, self.rank, self.local_batch_size)
-        files = _EncodedFiles(self.split, order[positions], keep_jpeg_bytes=self.decode_on_device)
-        loader = DataLoader(
-            files, batch_size=self.local_batch_size, shuffle=False, drop_last=True, collate_fn=_as_list,
-            num_workers=self.num_workers if len(files) > 0 else 0, pin_memory=False,
-        )
-        for step, items in enumerate(loader, start=start_step):
-            indices = torch.tensor([index for index, _, _ in items])
-            images = self._decode([(encoded, data) for _, encoded, data in items])
-            index = to_device(indices, self.device)
-            yield Batch(views=self.augment(images, self.draws(epoch, step)), index=index, labels=self.labels.index_select(0, index))
-
-    def _decode(self, items: list[tuple[bool, Tensor]]) -> list[Tensor]:
-        """Images on the device: JPEG bytes decoded by the GPU in one call, the rest already decoded."""
-        images: list[Optional[Tensor]] = [None if encoded else to_device(data, self.device) for encoded, data in items]
-        jpegs = [i for i, (encoded, _) in enumerate(items) if encoded]
-        if jpegs:
-            from torchvision.io import ImageReadMode, decode_jpeg
-
-            raw = [items[i][1] for i in jpegs]
-            try:
-                decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError:  # a file the GPU decoder does not handle (CMYK, lossless...): the CPU does
-                decoded = [_decode_bytes(data).to(self.device) for data in raw]
-            for i, image in zip(jpegs, decoded):
-                images[i] = image
-        return images  # type: ignore[return-value]
-
-
-def _as_list(items: list) -> list:
-    return items
-
-
-def _decode_bytes(data: Tensor) -> Tensor:
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError as error:
-        raise DataError(f"cannot decode an image file: {error}") from None
-
-
-class _EncodedFiles(Dataset):
-    """(index, is_jpeg_bytes, data) per sample: the raw bytes of JPEG files when they are to be
-    decoded on the GPU, else the image decoded here (uint8 (3, H, W))."""
-
-    def __init__(self, split: ImageSplit, indices: Tensor, keep_jpeg_bytes: bool) -> None:
-        if split.paths is None:
+        if self.split.paths is None:
             raise DataError("this split has neither images in memory nor file paths")
-        self.split, self.indices, self.keep_jpeg_bytes = split, indices, keep_jpeg_bytes
+        positions = _local_positions(start_step, self.steps_per_epoch, self.global_batch_size, self.rank, self.local_batch_size)
+        files = FileBatches(self.split.paths, order[positions].view(-1, self.local_batch_size), keep_jpeg_bytes=self.decode_on_device)
+        workers = self.num_workers if len(files) > 0 else 0
+        # batch_size=None: each worker returns whole packed batches (a few tensors each)
+        loader = DataLoader(files, batch_size=None, shuffle=False, num_workers=workers, timeout=self.timeout_s if workers else 0)
 
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
+        def produce(item: tuple[int, PackedFiles]) -> Batch:
+            step, packed = item
+            images, index = decode_batch(packed, self.device, self.split.paths)
+            index = to_device(index, self.device)
+            return Batch(views=self.augment(images, self.draws(epoch, step)), index=index, labels=self.labels.index_select(0, index))
 
-    def __getitem__(self, i: int) -> tuple[int, bool, Tensor]:
-        index = int(self.indices[i])
-        path = self.split.paths[index]  # type: ignore[index]
-        if self.keep_jpeg_bytes and path.lower().endswith((".jpg", ".jpeg")):
-            with open(path, "rb") as handle:
-                data = handle.read()
-            if data[:2] == b"\xff\xd8":  # the JPEG start-of-image marker
-                return index, True, torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return index, False, decode_image_file(path)
+        # the workers start here, in the calling thread; the background thread only draws from them
+        prefetcher = Prefetcher(
+            enumerate(iter(loader), start=start_step), produce, self.prefetch_batches, self.device, self.timeout_s, _loader_error
+        )
+        yield from prefetcher
+
+
+def _one_line_errors(loader: DataLoader) -> Iterator:
+    """Iterate ``loader``, its worker crashes and timeouts raised as one-line DataErrors."""
+    iterator = iter(loader)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as error:
+            raise _loader_error(error) from None
+        yield item
+
+
+def _loader_error(error: BaseException) -> BaseException:
+    """DataLoader failures (a worker killed, a timeout) as one line; DataErrors as they are."""
+    if isinstance(error, DataError):
+        return error
+    if isinstance(error, RuntimeError):
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "timed out" in first_line:
+            return DataError(f"the data loader stalled: {first_line} (data.loader_timeout_s sets this limit)")
+        return DataError(f"the data loader failed: {first_line}")
+    return error
 
 
 AnyTrainLoader = Union[TrainLoader, BatchedTrainLoader]
@@ -271,9 +268,12 @@ def build_train_loader(
     """The training loader that ``cfg.pipeline`` selects (see :func:`resolve_pipeline`)."""
     if resolve_pipeline(cfg, split, device) == "batched":
         augment = BatchedAugment(cfg.augment, mean, std)
-        return BatchedTrainLoader(split, augment, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device)
+        return BatchedTrainLoader(
+            split, augment, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device,
+            prefetch_batches=cfg.prefetch_batches, timeout_s=cfg.loader_timeout_s,
+        )
     transforms = view_transforms(cfg.augment, mean, std)
-    return TrainLoader(split, transforms, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device)
+    return TrainLoader(split, transforms, cfg.batch_size, seed, cfg.num_workers, rank, world_size, device, cfg.loader_timeout_s)
 
 
 def eval_batches(

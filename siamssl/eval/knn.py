@@ -18,6 +18,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def normalized_rows(x: Tensor, dtype: Optional[torch.dtype] = None, chunk_size: int = 65536) -> Tensor:
+    """The l2-normalized rows of ``x`` in ``dtype`` (default: float32, or ``x``'s dtype when it is
+    a half type), normalized in float32 one chunk at a time, so a large half-precision bank is
+    never copied to float32 as a whole."""
+    dtype = dtype or (x.dtype if x.dtype in _HALF else torch.float32)
+    if x.shape[0] <= chunk_size:
+        return F.normalize(x.float(), dim=1).to(dtype)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    for start in range(0, x.shape[0], chunk_size):
+        out[start : start + chunk_size] = F.normalize(x[start : start + chunk_size].float(), dim=1)
+    return out
+
+
 def knn_scores(
     query: Tensor,
     bank: Tensor,
@@ -26,21 +42,29 @@ def knn_scores(
     ks: Sequence[int] = (200,),
     temperature: float = 0.1,
     chunk_size: int = 1024,
+    bank_normalized: bool = False,
+    bank_chunk_size: int = 65536,
 ) -> dict[int, Tensor]:
     """Class scores (Q, num_classes) of each query for every k in ``ks``, from one similarity pass:
     Σ over the k nearest neighbours of class c of exp(sim/T), scaled per query by exp(−max sim/T).
 
     Args:
         query: (Q, D) features; bank: (M, D) features of the labeled memory set; both are
-            l2-normalized here. bank_labels: (M,) integer labels.
+            l2-normalized here. A float16/bfloat16 bank is kept in its dtype (half the memory)
+            and converted to float32 ``bank_chunk_size`` rows at a time: similarities and votes
+            are always float32, since similarities rounded to 16 bits would tie and reorder the
+            neighbours. Any other bank is used in float32. bank_labels: (M,) integer labels.
         ks: numbers of neighbours (each clipped to M). temperature: T in exp(sim/T).
+        bank_normalized: the bank's rows are already l2-normalized (and in a half or float32
+            dtype): used as they are, without a normalized copy.
     """
-    query = F.normalize(query.float(), dim=1)
-    bank = F.normalize(bank.float(), dim=1)
+    dtype = bank.dtype if bank.dtype in _HALF else torch.float32
+    query = normalized_rows(query, torch.float32)
+    bank = bank if bank_normalized and bank.dtype == dtype else normalized_rows(bank, dtype)
     max_k = min(max(ks), bank.shape[0])
     scores: dict[int, list[Tensor]] = {k: [] for k in ks}
     for start in range(0, query.shape[0], chunk_size):
-        top_sim, top_idx = (query[start : start + chunk_size] @ bank.t()).topk(max_k, dim=1)
+        top_sim, top_idx = _similarities(query[start : start + chunk_size], bank, bank_chunk_size).topk(max_k, dim=1)
         # exp((sim - max sim)/T): the same votes up to a per-query factor, without overflow at small T
         weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         neighbour_labels = bank_labels[top_idx]
@@ -49,7 +73,17 @@ def knn_scores(
             votes = torch.zeros(top_idx.shape[0], num_classes, device=query.device)
             votes.scatter_add_(1, neighbour_labels[:, :kk], weights[:, :kk])
             scores[k].append(votes)
-    return {k: torch.cat(v) for k, v in scores.items()}
+    return {k: torch.cat(v) if v else torch.zeros(0, num_classes, device=query.device) for k, v in scores.items()}
+
+
+def _similarities(query: Tensor, bank: Tensor, bank_chunk_size: int) -> Tensor:
+    """``query @ bank.T`` in float32, converting a half-precision bank one chunk at a time."""
+    if bank.dtype == torch.float32:
+        return query @ bank.t()
+    sims = torch.empty(query.shape[0], bank.shape[0], device=query.device)
+    for start in range(0, bank.shape[0], bank_chunk_size):
+        sims[:, start : start + bank_chunk_size] = query @ bank[start : start + bank_chunk_size].float().t()
+    return sims
 
 
 def knn_accuracy(
@@ -67,12 +101,23 @@ def knn_accuracy(
 
 
 @torch.no_grad()
-def extract_features(embed: Callable[[Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Run ``embed`` over (images, labels) batches; returns (features, labels) concatenated."""
+def extract_features(
+    embed: Callable[[Tensor], Tensor],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    autocast_dtype: Optional[torch.dtype] = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Run ``embed`` over (images, labels) batches; returns (features in ``dtype``, labels)
+    concatenated. ``autocast_dtype`` (bf16/fp16): the forward passes run under that autocast, as
+    the training step does."""
     features, labels = [], []
     for images, batch_labels in batches:
-        features.append(embed(images).float())
+        with torch.autocast(images.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            output = embed(images)
+        features.append(output.to(dtype))
         labels.append(batch_labels)
+    if not features:
+        raise ValueError("extract_features got no batches (an empty split)")
     return torch.cat(features), torch.cat(labels)
 
 

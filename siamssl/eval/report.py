@@ -8,6 +8,7 @@
 * ``report/spectrum.png``: eigenvalues of the covariance of the final model's backbone features and
   projector output on the test split (dimensional collapse shows as a cliff);
 * ``report/embedding_2d.png``: a t-SNE (or PCA) of test-set features coloured by class;
+* in the run's TensorBoard log too, when the run logged to TensorBoard (``trainer.loggers``);
 * ``report.md``: the run, its results (``summary.json`` and any ``linear*.json``/``knn*.json``), the
   final diagnostics with what they say, and the pictures.
 
@@ -26,6 +27,7 @@ from typing import Any, Literal, Optional
 from torch import Tensor
 
 from siamssl.errors import SiamSSLError
+from siamssl.loggers import log_report_figures
 
 MATPLOTLIB_MISSING = "the report needs matplotlib: pip install matplotlib (or pip install 'siamssl[plots]')"
 
@@ -324,8 +326,10 @@ def write_report(run: str | Path, options: ReportOptions, data_overrides: list[s
         except Exception:  # noqa: BLE001 — the header is optional
             config = None
     path = write_markdown(run_dir, summary, config, panels, scalars, dims, images, notes)
+    logged = log_report_figures(run_dir, config, {name: run_dir / file for name, file in images.items()})
     if not quiet:
-        print(f"siamssl: wrote {path} and {', '.join(images.values())}", file=sys.stderr)
+        print(f"siamssl: wrote {path} and {', '.join(images.values())}"
+              + (" (figures also in the run's TensorBoard log)" if logged else ""), file=sys.stderr)
     return path
 
 

@@ -138,9 +138,9 @@ def load_run(
 
     backbone, feature_dim = make_backbone()
     context = MethodContext(
-        num_samples=len(data.train),
+        num_samples=len(data.pretraining_split()),
         global_batch_size=cfg.data.batch_size,
-        steps_per_epoch=max(1, len(data.train) // cfg.data.batch_size),
+        steps_per_epoch=max(1, len(data.pretraining_split()) // cfg.data.batch_size),
         total_steps=int(state["total_steps"]),
         image_size=augment.crop_size,
         make_backbone=make_backbone,

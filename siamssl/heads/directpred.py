@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,8 @@ def directpred_weight(correlation: Tensor, eps: float) -> Tensor:
     """``W = U diag(p) Uᵀ`` with ``p_j = sqrt(max(s_j, 0)/s_max) + ε`` (≥ 1e-4), ``F = U diag(s) Uᵀ``.
 
     The eigendecomposition runs in float32 (``eigh``: F is symmetric) whatever the input precision.
+    On CUDA, ``torch.linalg.eigh`` reads the solver's status on the host (one synchronization per
+    call, inherent to torch's linalg); ``DirectPredOptions.freq`` > 1 makes it rarer.
     """
     s, u = torch.linalg.eigh(correlation.float())
     s = s.clamp_min(0.0)
@@ -94,6 +97,10 @@ class DirectPredictor(nn.Module):
         self.register_buffer("correlation", torch.zeros(dim, dim))
         self.register_buffer("num_observed", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # A host copy of ``num_updates``, so that choosing the update steps reads nothing from the
+        # device; forgotten when a state dict is loaded (the loaded buffer is then read once).
+        self._host_updates: Optional[int] = 0
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host_updates", None))
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight.to(x.dtype))
@@ -112,10 +119,13 @@ class DirectPredictor(nn.Module):
         """Recompute W from F̂ on every ``freq``-th call (the first call included); W is left as it
         is while nothing has been observed."""
         freq = self.options.freq
-        if freq == 1 or int(self.num_updates) % freq == 0:
+        if self._host_updates is None:  # after construction or a loaded state dict: read once
+            self._host_updates = int(self.num_updates)
+        if self._host_updates % freq == 0:
             weight = directpred_weight(self.correlation, self.options.eps)
             self.weight.copy_(torch.where(self.num_observed > 0, weight, self.weight))
         self.num_updates += 1
+        self._host_updates += 1
 
     def extra_repr(self) -> str:
         o = self.options

@@ -83,7 +83,7 @@ class SSLModule(pl.LightningModule):
         section's loop options (device, precision, checkpoints) are Lightning's to set."""
         seed_everything(cfg.seed)
         data = build_dataset(cfg.data)
-        steps_per_epoch = build_train_loader(data.train, cfg.data, data.mean, data.std, cfg.seed).steps_per_epoch
+        steps_per_epoch = build_train_loader(data.pretraining_split(), cfg.data, data.mean, data.std, cfg.seed).steps_per_epoch
         total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
         module = cls(build_run_method(cfg, data, steps_per_epoch, total_steps), cfg.optim, cfg.data.batch_size)
         module.planned_total_steps = total_steps
@@ -180,7 +180,7 @@ class _EpochBatches(IterableDataset):
 
     def __init__(self, module: SSLModule, cfg: Config, data: LabeledImages) -> None:
         self.module, self.cfg, self.data = module, cfg, data
-        self.steps_per_epoch = build_train_loader(data.train, cfg.data, data.mean, data.std, cfg.seed).steps_per_epoch
+        self.steps_per_epoch = build_train_loader(data.pretraining_split(), cfg.data, data.mean, data.std, cfg.seed).steps_per_epoch
         self._loader: Any = None
 
     def __len__(self) -> int:
@@ -189,6 +189,6 @@ class _EpochBatches(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         if self._loader is None:
             self._loader = build_train_loader(
-                self.data.train, self.cfg.data, self.data.mean, self.data.std, self.cfg.seed, rank(), world_size()
+                self.data.pretraining_split(), self.cfg.data, self.data.mean, self.data.std, self.cfg.seed, rank(), world_size()
             )
         yield from self._loader.batches(self.module.current_epoch)

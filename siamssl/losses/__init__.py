@@ -7,9 +7,11 @@ torch.distributed is initialized (see :mod:`siamssl.distributed`).
 """
 
 from siamssl.losses.barlow_twins import BarlowTwinsLoss, barlow_twins_loss
+from siamssl.losses.cpc import CPCLoss, cpc_loss
 from siamssl.losses.cosine import NegativeCosineLoss, NormalizedMSELoss, negative_cosine_similarity, normalized_mse
 from siamssl.losses.dino import DINOLoss, dino_loss
 from siamssl.losses.infonce import InfoNCELoss, info_nce
+from siamssl.losses.invaspread import InvariantSpreadingLoss, invariant_spreading_loss
 from siamssl.losses.nce import (
     NCELoss,
     NonParametricSoftmaxLoss,
@@ -26,8 +28,10 @@ from siamssl.losses.vicreg import VICRegLoss, vicreg_loss
 
 __all__ = [
     "BarlowTwinsLoss",
+    "CPCLoss",
     "DINOLoss",
     "InfoNCELoss",
+    "InvariantSpreadingLoss",
     "NCELoss",
     "NTXentLoss",
     "NonParametricSoftmaxLoss",
@@ -37,9 +41,11 @@ __all__ = [
     "UniGradLoss",
     "VICRegLoss",
     "barlow_twins_loss",
+    "cpc_loss",
     "dino_loss",
     "full_softmax_loss",
     "info_nce",
+    "invariant_spreading_loss",
     "nce_loss",
     "nce_normalizer",
     "negative_cosine_similarity",

@@ -37,7 +37,8 @@ def barlow_twins_loss(
         gather_distributed: batch statistics over all ranks (the safe default).
     """
     reduce: Callable[[Tensor], Tensor] = all_reduce_sum_with_grad if gather_distributed else _no_reduction
-    count = reduce(torch.tensor(float(z1.shape[0]), device=z1.device))
+    # a fill kernel, not a tensor made from a host value: no host-to-device copy in the step
+    count = reduce(z1.new_full((), float(z1.shape[0])))
 
     def standardize(z: Tensor) -> Tensor:
         centered = z - reduce(z.sum(dim=0)) / count

@@ -78,9 +78,10 @@ def swav_loss(scores: Tensor, codes: Tensor, assign_crops: Sequence[int], temper
     log_p = F.log_softmax(scores / temperature, dim=-1)
     # cross_entropy[a, v] = mean_b −Σ_k q_a[b, k] log p_v[b, k]
     cross_entropy = -torch.einsum("abk,vbk->av", codes.detach(), log_p) / batch
-    rows = torch.arange(len(assign_crops), device=scores.device)
+    # the mask of each code's own crop is built from host indices (fills, no host-to-device copy)
     own_crop = torch.zeros_like(cross_entropy, dtype=torch.bool)
-    own_crop[rows, torch.as_tensor(list(assign_crops), device=scores.device)] = True
+    for a, crop in enumerate(assign_crops):
+        own_crop[a, crop] = True
     return cross_entropy.masked_fill(own_crop, 0.0).sum() / ((num_crops - 1) * len(assign_crops))
 
 

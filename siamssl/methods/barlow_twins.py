@@ -11,8 +11,11 @@ the first release's loss scale), excluded from LARS adaptation and weight decay.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from torch import Tensor, nn
+
+from siamssl.errors import ConfigError
 
 from siamssl.heads import barlow_twins_projector
 from siamssl.losses import barlow_twins_loss
@@ -33,6 +36,13 @@ class BarlowTwins(SSLMethod):
             (0.0048 / 0.2 = 0.024, the official ``--learning-rate-biases`` over ``--learning-rate-weights``).
         loss_scale: multiplies the loss (1; the first release's ``--scale-loss``, solo-learn's
             ``scale_loss``). Under LARS it only changes the non-adapted bias/BN updates.
+        official_gradient_gpus: None (default): the exact gradient of the global-batch loss, at any
+            process count. W: the gradient the official ``main.py`` computes on W GPUs, 1/W of the
+            exact one: it sums ``c`` over GPUs with ``torch.distributed.all_reduce``, which carries
+            no gradient, so each GPU backpropagates only its own share of ``c``, and DDP then
+            averages the W gradients (facebookresearch/barlowtwins #8, lightly #1977). The loss value
+            is unchanged. The official rates (bias/BN lr 0.0048, LARS weight decay 1e-6) were tuned
+            with this gradient on 16 GPUs; a fixed W reproduces it whatever siamssl's process count.
         """
 
         proj_dim: int = 8192
@@ -40,6 +50,7 @@ class BarlowTwins(SSLMethod):
         lambd: float = 0.0051
         bias_lr_scale: float = 0.024
         loss_scale: float = 1.0
+        official_gradient_gpus: Optional[int] = None
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: "BarlowTwins.Config") -> None:
         super().__init__()
@@ -50,12 +61,16 @@ class BarlowTwins(SSLMethod):
 
     @classmethod
     def from_config(cls, cfg: "BarlowTwins.Config", backbone: nn.Module, feature_dim: int, context: MethodContext) -> "BarlowTwins":
+        if cfg.official_gradient_gpus is not None and cfg.official_gradient_gpus < 1:
+            raise ConfigError(f"method.official_gradient_gpus must be a number of GPUs (>= 1) or null, got {cfg.official_gradient_gpus}")
         return cls(backbone, feature_dim, cfg)
 
     def forward(self, batch: Batch, progress: TrainingProgress) -> dict[str, Tensor]:
         f1, f2 = self.backbone(batch.views[0]), self.backbone(batch.views[1])
         z1, z2 = self.projector(f1), self.projector(f2)
         loss = self.cfg.loss_scale * barlow_twins_loss(z1, z2, self.cfg.lambd)
+        if self.cfg.official_gradient_gpus:
+            loss = scale_gradient(loss, 1.0 / self.cfg.official_gradient_gpus)
         return {"loss": loss, "features": f1.detach(), "embedding": z1.detach()}
 
     def parameter_groups(self) -> list[ParamGroup]:
@@ -67,3 +82,9 @@ class BarlowTwins(SSLMethod):
                 lr_scale=self.cfg.bias_lr_scale, weight_decay=0.0, exclude_from_lars=True,
             ),
         ]
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged in value, with its gradient multiplied by ``scale`` in backward."""
+    detached = x.detach()
+    return detached + scale * (x - detached)

@@ -12,6 +12,10 @@ them, a momentum target, a queue or prototypes). The trainer knows only this int
 * ``on_after_optimizer_step(progress)``: EMA targets, queues, predictor re-estimation.
 * ``embed(images)``: the representation evaluated by kNN and linear probes (backbone features).
 * ``project(images)`` (optional): the projector's output, for evaluations of the embedding space.
+* ``compiled_modules()`` (optional): the networks ``trainer.compile`` compiles. By default the
+  ``backbone`` and every child module whose attribute name ends in ``_backbone`` (a momentum
+  target, a teacher, a key encoder: ``target_backbone``, ``teacher_backbone``...), so a method
+  that follows the naming needs nothing; override it to list others.
 
 Everything a method keeps between steps (queues, centres, moving averages) must be a parameter or a
 registered buffer, so that checkpoints capture it and resume is exact.
@@ -114,6 +118,16 @@ class SSLMethod(nn.Module):
 
     def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         """Called after the optimizer step."""
+
+    def compiled_modules(self) -> list[nn.Module]:
+        """The networks worth ``torch.compile``: the backbone and every child named ``*_backbone``
+        (momentum targets, teachers), each once. Heads are left eager (small, and their shapes follow
+        the backbone's)."""
+        modules: list[nn.Module] = []
+        for name, child in self.named_children():
+            if (name == "backbone" or name.endswith("_backbone")) and all(child is not m for m in modules):
+                modules.append(child)
+        return modules
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:

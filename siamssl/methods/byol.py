@@ -18,6 +18,20 @@ correlation of the online projections (Tian et al., ICML 2021, whose official co
 
 The official target is initialized from a different random seed ("we did not notice a significant
 difference with using the same rng"); here it starts as a copy, like every other momentum method.
+
+``target`` switches the target network (the research questions of docs/research_questions.md):
+
+* ``ema`` (default): the momentum copy above.
+* ``fixed_random``: a second backbone and projector initialized independently of the online network
+  (fresh draws, not a copy) and never updated: BYOL's Sec. 3.1 experiment, where predicting a fixed
+  random target's projection already gives 18.8% linear top-1 on ImageNet against 1.4% for the
+  random encoder itself. BatchNorm in the target still normalizes with batch statistics.
+* ``shallow``: the target is the first ``shallow_stages`` stages of an EMA copy of the online
+  backbone (default: the first half, e.g. ``layer1``-``layer2`` of a ResNet), global-average-pooled,
+  followed by its own projector MLP (same shape as the online one, input width of that stage) that is
+  fixed at its random initialization: it has no online counterpart to average, and a target receives
+  no gradient. The stages follow the online network by EMA as in BYOL, because the question is
+  whether the middle of the *trained* network is already a good enough target.
 """
 
 from __future__ import annotations
@@ -28,6 +42,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from siamssl.backbones import TruncatedBackbone, stage_names
+from siamssl.errors import ConfigError
 from siamssl.heads import DirectPredictor, DirectPredOptions, byol_mlp
 from siamssl.losses import normalized_mse
 from siamssl.methods.base import Batch, MethodContext, SSLMethod, TrainingProgress
@@ -50,6 +66,9 @@ class BYOL(SSLMethod):
         predictor: ``learned`` (the MLP above) or ``directpred`` (linear, set from the projections'
             correlation after every ``directpred.freq`` optimizer steps, never trained).
         directpred: ρ, ε and update frequency of the DirectPred predictor.
+        target: ``ema`` (BYOL), ``fixed_random`` (an independent random target, never updated) or
+            ``shallow`` (EMA of the first ``shallow_stages`` backbone stages + a fixed random MLP).
+        shallow_stages: stages in the shallow target; 0 means half of the backbone's (rounded down).
         """
 
         proj_hidden_dim: int = 4096
@@ -59,8 +78,13 @@ class BYOL(SSLMethod):
         momentum_schedule: Literal["cosine", "constant"] = "cosine"
         predictor: Literal["learned", "directpred"] = "learned"
         directpred: DirectPredOptions = field(default_factory=DirectPredOptions)
+        target: Literal["ema", "fixed_random", "shallow"] = "ema"
+        shallow_stages: int = 0
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: "BYOL.Config") -> None:
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: "BYOL.Config",
+                 target_backbone: "tuple[nn.Module, int] | None" = None) -> None:
+        """``target_backbone``: (module, feature_dim) of an independently initialized backbone, needed
+        by ``target=fixed_random``."""
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
@@ -71,11 +95,31 @@ class BYOL(SSLMethod):
             if cfg.predictor == "directpred"
             else byol_mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
         )
-        self.target_backbone = make_target(backbone)
-        self.target_projector = make_target(self.projector)
+        self.target_backbone: nn.Module
+        self.target_projector: nn.Module
+        if cfg.target == "ema":
+            self.target_backbone = make_target(backbone)
+            self.target_projector = make_target(self.projector)
+        elif cfg.target == "fixed_random":
+            if target_backbone is None:
+                raise ConfigError("method.target=fixed_random needs an independently initialized target backbone")
+            module, target_dim = target_backbone
+            self.target_backbone = make_target(module)
+            self.target_projector = make_target(byol_mlp(target_dim, cfg.proj_hidden_dim, cfg.proj_dim))
+        else:
+            stages = cfg.shallow_stages or len(stage_names(backbone)) // 2
+            if not 1 <= stages <= len(stage_names(backbone)):
+                raise ConfigError(f"method.shallow_stages={cfg.shallow_stages} is outside 1..{len(stage_names(backbone))}")
+            shallow = TruncatedBackbone(make_target(backbone), stages)
+            self.target_backbone = shallow
+            self.target_projector = make_target(byol_mlp(shallow.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim))
 
     @classmethod
     def from_config(cls, cfg: "BYOL.Config", backbone: nn.Module, feature_dim: int, context: MethodContext) -> "BYOL":
+        if cfg.target == "fixed_random":
+            if context.make_backbone is None:
+                raise ConfigError("method.target=fixed_random needs the run's backbone builder (MethodContext.make_backbone)")
+            return cls(backbone, feature_dim, cfg, target_backbone=context.make_backbone())
         return cls(backbone, feature_dim, cfg)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
@@ -99,7 +143,10 @@ class BYOL(SSLMethod):
 
     def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         tau = self.momentum_at(progress.step, progress.total_steps)
-        ema_update_(self.target_backbone, self.backbone, tau)
-        ema_update_(self.target_projector, self.projector, tau)
+        if self.cfg.target == "ema":
+            ema_update_(self.target_backbone, self.backbone, tau)
+            ema_update_(self.target_projector, self.projector, tau)
+        elif self.cfg.target == "shallow":  # the stages follow by EMA; the target MLP stays fixed
+            ema_update_(self.target_backbone.backbone, self.backbone, tau)
         if isinstance(self.predictor, DirectPredictor):
             self.predictor.update()

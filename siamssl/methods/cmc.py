@@ -33,13 +33,16 @@ LAB_MEAN = ((0 + 100) / 2, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
 LAB_STD = ((100 - 0) / 2, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
 
 
-def rgb_to_lab(rgb: Tensor) -> Tensor:
+def rgb_to_lab(rgb: Tensor, xyz_from_rgb: Optional[Tensor] = None, white: Optional[Tensor] = None) -> Tensor:
     """sRGB in [0, 1] (B, 3, H, W) → CIE Lab (L in [0, 100]), the formulas of skimage's ``rgb2lab``:
     inverse sRGB gamma, linear RGB → XYZ, XYZ / D65 white, then ``L = 116 f(Y) − 16``,
-    ``a = 500 (f(X) − f(Y))``, ``b = 200 (f(Y) − f(Z))`` with ``f(t) = t^(1/3)`` above 0.008856."""
+    ``a = 500 (f(X) − f(Y))``, ``b = 200 (f(Y) − f(Z))`` with ``f(t) = t^(1/3)`` above 0.008856.
+
+    ``xyz_from_rgb`` (3, 3) and ``white`` (1, 3, 1, 1) may be passed already on the device (CMC keeps
+    them as buffers): made here from Python numbers they cost a blocking copy to a GPU."""
     linear = torch.where(rgb > 0.04045, ((rgb.clamp_min(0.04045) + 0.055) / 1.055).pow(2.4), rgb / 12.92)
-    matrix = torch.tensor(_XYZ_FROM_RGB, dtype=rgb.dtype, device=rgb.device)
-    white = torch.tensor(_D65_WHITE, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    matrix = torch.tensor(_XYZ_FROM_RGB, dtype=rgb.dtype, device=rgb.device) if xyz_from_rgb is None else xyz_from_rgb.to(rgb.dtype)
+    white = torch.tensor(_D65_WHITE, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1) if white is None else white.to(rgb.dtype)
     xyz = torch.einsum("ij,bjhw->bihw", matrix, linear) / white
     f = torch.where(xyz > 0.008856, xyz.clamp_min(0.008856).pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
     fx, fy, fz = f.unbind(dim=1)
@@ -94,8 +97,9 @@ class CMC(SSLMethod):
         self.head_ab = nn.Linear(feature_dim, cfg.embedding_dim)
         self.bank_l = MemoryBank(num_samples, cfg.embedding_dim, cfg.bank_momentum)
         self.bank_ab = MemoryBank(num_samples, cfg.embedding_dim, cfg.bank_momentum)
-        for name, values in (("image_mean", image_mean), ("image_std", image_std), ("lab_mean", LAB_MEAN), ("lab_std", LAB_STD)):
+        for name, values in (("image_mean", image_mean), ("image_std", image_std), ("lab_mean", LAB_MEAN), ("lab_std", LAB_STD), ("d65_white", _D65_WHITE)):
             self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("xyz_from_rgb", torch.tensor(_XYZ_FROM_RGB, dtype=torch.float32), persistent=False)
         self._pending: Optional[tuple[Tensor, Tensor, Tensor]] = None
 
     @classmethod
@@ -111,7 +115,7 @@ class CMC(SSLMethod):
         """Normalized RGB views → Lab normalized as in the official code, computed in float32."""
         with torch.autocast(images.device.type, enabled=False):
             rgb = (images.float() * self.image_std + self.image_mean).clamp(0.0, 1.0)
-            return (rgb_to_lab(rgb) - self.lab_mean) / self.lab_std
+            return (rgb_to_lab(rgb, self.xyz_from_rgb, self.d65_white) - self.lab_mean) / self.lab_std
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(v_l, v_ab, f_l, f_ab): l2-normalized head outputs and backbone features of both views."""

@@ -9,7 +9,7 @@ backbone mapping images to features (ResNets, ViTs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -63,8 +63,12 @@ class DINO(SSLMethod):
         warmup_teacher_temp, warmup_teacher_temp_epochs: τ_t rises linearly from 0.04 over 30 epochs.
         center_momentum: m of the centre c ← m·c + (1 − m)·mean teacher output (0.9).
         teacher_momentum: base EMA rate of the teacher, cosine to 1 (0.996).
+        teacher_momentum_schedule: ``cosine`` (to 1 over training, main_dino.py) or ``constant``
+            (lightly's CIFAR-10 benchmark: 0.99 throughout).
         clip_grad: clip each student gradient to this norm on its own (3.0; null or 0 disables).
         freeze_last_layer_epochs: the last layer gets no update for this many epochs (1).
+        evaluate: the backbone ``embed`` returns for evaluation: ``teacher`` (DINO's ``eval_knn.py
+            --checkpoint_key teacher``) or ``student`` (lightly's benchmark kNN).
         """
 
         out_dim: int = 65536
@@ -80,8 +84,10 @@ class DINO(SSLMethod):
         warmup_teacher_temp_epochs: int = 30
         center_momentum: float = 0.9
         teacher_momentum: float = 0.996
+        teacher_momentum_schedule: Literal["cosine", "constant"] = "cosine"
         clip_grad: Optional[float] = 3.0
         freeze_last_layer_epochs: int = 1
+        evaluate: Literal["teacher", "student"] = "teacher"
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: "DINO.Config") -> None:
         super().__init__()
@@ -143,11 +149,14 @@ class DINO(SSLMethod):
                 p.grad = None
 
     def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
-        momentum = cosine_momentum(self.cfg.teacher_momentum, progress.step, progress.total_steps)
+        momentum = self.cfg.teacher_momentum
+        if self.cfg.teacher_momentum_schedule == "cosine":
+            momentum = cosine_momentum(momentum, progress.step, progress.total_steps)
         ema_update_(self.teacher_backbone, self.backbone, momentum)
         ema_update_(self.teacher_head, self.head, momentum)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        """The teacher backbone's features, which DINO evaluates (``--checkpoint_key teacher``)."""
-        return self.teacher_backbone(images)
+        """The teacher backbone's features, which DINO evaluates (``--checkpoint_key teacher``), or
+        the student's (``evaluate: student``)."""
+        return (self.backbone if self.cfg.evaluate == "student" else self.teacher_backbone)(images)

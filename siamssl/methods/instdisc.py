@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -80,6 +81,11 @@ class InstDisc(SSLMethod):
             out["proximal"] = proximal.detach()
         self._pending = (batch.index, v.detach())
         return {"loss": loss, **out, "features": features.detach(), "embedding": v.detach()}
+
+    @torch.no_grad()
+    def project(self, images: Tensor) -> Tensor:
+        """The l2-normalized embedding the bank holds (lemniscate's ``net(x)``, its kNN's features)."""
+        return F.normalize(self.head(self.backbone(images)).float(), dim=1)
 
     def on_after_optimizer_step(self, progress: TrainingProgress) -> None:
         if self._pending is not None:

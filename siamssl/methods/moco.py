@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from siamssl.backbones.split_bn import convert_split_batchnorm
-from siamssl.distributed import average_split_batchnorm_statistics_, gather_no_grad, local_row_offset, world_size
+from siamssl.distributed import (
+    average_split_batchnorm_statistics_,
+    broadcast_from_first_rank,
+    gather_no_grad,
+    host_to_device,
+    local_row_offset,
+    world_size,
+)
 from siamssl.errors import ConfigError
 from siamssl.heads import moco_v2_head
 from siamssl.losses import info_nce
@@ -106,7 +113,6 @@ class MoCo(SSLMethod):
         self.key_projector = make_target(self.projector)
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self._shuffle_seed: Optional[int] = None
         self._initial_seed = torch.initial_seed() % (1 << 62)
         self._pending_keys: Optional[Tensor] = None
 
@@ -121,11 +127,12 @@ class MoCo(SSLMethod):
 
     def shuffle_permutation(self, global_size: int, step: int, view: int, device: torch.device) -> Tensor:
         """The Shuffle-BN permutation of the global batch for ``view`` at ``step``: deterministic (exact
-        resume), identical on every rank (rank 0's seed)."""
-        if self._shuffle_seed is None:
-            self._shuffle_seed = int(gather_no_grad(torch.tensor([self._initial_seed], device=device))[0])
-        generator = torch.Generator().manual_seed((self._shuffle_seed * 1_000_003 + 2 * step + view) % (1 << 63))
-        return torch.randperm(global_size, generator=generator).to(device)
+        resume), identical on every rank (rank 0's, broadcast on the device as the official
+        ``_batch_shuffle_ddp`` does). Drawn on the host from a seed and copied without blocking, so the
+        step never waits for the device."""
+        generator = torch.Generator().manual_seed((self._initial_seed * 1_000_003 + 2 * step + view) % (1 << 63))
+        permutation = host_to_device(torch.randperm(global_size, generator=generator), device)
+        return broadcast_from_first_rank(permutation)
 
     @torch.no_grad()
     def keys(self, images: Tensor, step: int, view: int) -> tuple[Tensor, Tensor]:

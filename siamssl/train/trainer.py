@@ -35,6 +35,7 @@ from siamssl.distributed import (
 )
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
 from siamssl.eval.monitors import MONITORS, Monitor, MonitorContext
+from siamssl.loggers import RunLoggers, build_loggers, check_loggers_available
 from siamssl.methods import Batch, MethodContext, SSLMethod, TrainingProgress, build_method
 from siamssl.optim import (
     build_optimizer,
@@ -44,7 +45,17 @@ from siamssl.optim import (
     set_weight_decays,
     weight_decay_at,
 )
-from siamssl.runtime import init_distributed, local_main_first, message, resolve_device, seed_everything
+from siamssl.runtime import (
+    configure_tf32,
+    init_distributed,
+    local_main_first,
+    message,
+    process_group,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -68,7 +79,7 @@ def build_run_method(cfg: Config, data: LabeledImages, steps_per_epoch: int, tot
 
     backbone, feature_dim = make_backbone()
     context = MethodContext(
-        num_samples=len(data.train),
+        num_samples=len(data.pretraining_split()),
         global_batch_size=cfg.data.batch_size,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
@@ -84,37 +95,22 @@ class Interrupted(SiamSSLError):
     """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
 
 
-class MetricsLog:
-    """``metrics.jsonl``: one JSON record per line, appended by the main process."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, record: dict[str, Any]) -> None:
-        if is_main_process():
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records written after ``step`` (work lost when a run was interrupted)."""
-        if not is_main_process() or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-
 class Trainer:
     """Pretrain ``cfg.method`` on ``cfg.data``; ``fit()`` returns the summary."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        init_distributed(cfg.trainer.device)
+        init_distributed(cfg.trainer.device, cfg.trainer.dist_timeout_minutes)
         self.device = resolve_device(cfg.trainer.device)
-        if cfg.trainer.precision == "fp16" and self.device.type != "cuda":
+        self.precision = resolve_precision(cfg.trainer.precision, self.device)
+        if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("trainer.precision=fp16 needs a GPU; use trainer.precision=bf16 on the CPU")
+        self.autocast_dtype = _AMP_DTYPES.get(self.precision)
+        configure_tf32(self.device, cfg.trainer.tf32)
         self.run_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         resume_from = self._resume_path()
+        check_loggers_available(cfg.trainer.loggers)
         if is_distributed():  # every rank decides on the run directory before rank 0 writes to it
             dist.barrier()
         seed_everything(cfg.seed)
@@ -127,21 +123,21 @@ class Trainer:
             self.data = build_dataset(cfg.data)
         augment = cfg.data.augment
         self.loader = build_train_loader(
-            self.data.train, cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
+            self.data.pretraining_split(), cfg.data, self.data.mean, self.data.std, cfg.seed, rank(), world_size(), self.device
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * self.steps_per_epoch
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
         self.method = build_run_method(cfg, self.data, self.steps_per_epoch, self.total_steps).to(self.device)
-        if cfg.trainer.channels_last:
+        self.channels_last = resolve_channels_last(cfg.trainer.channels_last, self.device, self.method)
+        if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.sync_bn = cfg.trainer.sync_bn if cfg.trainer.sync_bn is not None else type(self.method).default_sync_bn
         if is_distributed() and self.sync_bn:
             self.method = convert_sync_batchnorm(self.method, self.device)
         if cfg.trainer.compile:
-            mode = None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode
-            self.method.backbone.compile(backend=cfg.trainer.compile_backend, mode=mode)
+            compile_networks(self.method, cfg.trainer.compile_backend, cfg.trainer.compile_mode)
         self.model: nn.Module = self.method
         if is_distributed():
             self.model = nn.parallel.DistributedDataParallel(
@@ -150,10 +146,10 @@ class Trainer:
 
         peak_lr = peak_learning_rate(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr_scaling)
         self.optimizer = build_optimizer(self.method.parameter_groups(), cfg.optim, peak_lr)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.trainer.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         monitor_context = MonitorContext(
             self.data, augment.mean or self.data.mean, augment.std or self.data.std, self.device,
-            cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers,
+            cfg.eval.batch_size, augment.crop_size, cfg.data.num_workers, self.autocast_dtype,
         )
         self.monitors: dict[str, Monitor] = {
             name: MONITORS.get(name)(cfg.monitor_options.get(name), monitor_context) for name in cfg.eval.monitors
@@ -164,9 +160,11 @@ class Trainer:
         self.global_step = 0
         self.initial_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.loggers = RunLoggers([])  # fit() opens the configured ones on rank 0
         self._stop_requested = False
         self._stop_agreed = False
+        self._checkpoint_due = False
+        self._last_save_time = time.monotonic()
         self._first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self._window: dict[str, Tensor] = {}
         self._window_steps = 0
@@ -177,6 +175,7 @@ class Trainer:
 
         if resume_from is not None:
             self._load(resume_from)
+        self._resumed_at = self.global_step if resume_from is not None else None
         self._prepare_run_dir(resume_from is not None)
 
     # ------------------------------------------------------------------------------- run directory
@@ -205,8 +204,6 @@ class Trainer:
                 shutil.rmtree(self.run_dir)
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-            if resumed:
-                self.metrics.truncate_after(self.global_step)
         if is_distributed():
             dist.barrier()
 
@@ -241,6 +238,8 @@ class Trainer:
             self._last_checkpoint = path
         if is_distributed():
             dist.barrier()
+        self._last_save_time = time.monotonic()
+        self._checkpoint_due = False
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, map_location=self.device)
@@ -273,18 +272,25 @@ class Trainer:
         """Train to the end (or until interrupted) and return the summary written to ``summary.json``."""
         cfg = self.cfg
         message(
-            f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.train)} images, {self.steps_per_epoch} steps/epoch, "
+            f"{cfg.method.name} on {cfg.data.dataset}: {len(self.data.pretraining_split())} images, {self.steps_per_epoch} steps/epoch, "
             f"{self.total_steps} steps, global batch {cfg.data.batch_size} on {world_size()} process(es)"
             f"{' with SyncBatchNorm' if is_distributed() and self.sync_bn else ''}, "
-            f"device {self.device}, {cfg.trainer.precision}; run dir {self.run_dir}"
+            f"device {self.device}, {self.precision}{', channels_last' if self.channels_last else ''}"
+            f"{', compiled' if cfg.trainer.compile else ''}; run dir {self.run_dir}"
         )
+        if is_main_process():
+            trainer = cfg.trainer
+            self.loggers = build_loggers(
+                trainer.loggers, self.run_dir, cfg.to_dict(), {"tensorboard": trainer.tensorboard, "wandb": trainer.wandb},
+                resumed_at=self._resumed_at,
+            )
         if self.global_step == 0 and not self.initial_metrics:
             self.initial_metrics = self._on_train_start()
         bar = tqdm(
             total=self.total_steps, initial=self.global_step, disable=not (is_main_process() and cfg.trainer.progress_bar),
             dynamic_ncols=True, unit="step", mininterval=1.0,
         )
-        with bar, self._signals_handled():
+        with self.loggers, bar, self._signals_handled():
             while self.global_step < self.total_steps:
                 epoch = self.epoch
                 for batch in self.loader.batches(epoch, self.step_in_epoch):
@@ -294,7 +300,9 @@ class Trainer:
                     if self.global_step % cfg.trainer.log_every_steps == 0 or at_end:
                         self._log_window(bar)
                     every = cfg.trainer.checkpoint_every_steps
-                    if every and self.global_step % every == 0 and not at_end:
+                    # a checkpoint due by time at an epoch's last step waits for the epoch end, a few lines on
+                    due = self._checkpoint_due and self.step_in_epoch < self.steps_per_epoch
+                    if not at_end and (due or (every and self.global_step % every == 0)):
                         self._save()
                     if self._stop_agreed if is_distributed() else self._stop_requested:
                         self._interrupt()
@@ -302,15 +310,15 @@ class Trainer:
                         break
                 self.epoch, self.step_in_epoch = epoch + 1, 0
                 self._end_epoch(epoch, last=self.global_step >= self.total_steps)
-        return self._write_summary()
+            return self._write_summary()
 
     def _on_train_start(self) -> dict[str, float]:
         results: dict[str, float] = {}
-        if is_main_process():
+        with _eager_evaluation():  # every rank: the monitors shard their work and reduce the results
             for monitor in self.monitors.values():
                 results.update(monitor.on_train_start(self.method))
-            if results:
-                message("before training: " + _format(results))
+        if results:
+            message("before training: " + _format(results))
         return results
 
     def _train_step(self, batch: Batch, epoch: int) -> None:
@@ -320,9 +328,9 @@ class Trainer:
         set_learning_rates(self.optimizer, schedule_factor(self.global_step, self.total_steps, self.steps_per_epoch, cfg.optim))
         if cfg.optim.weight_decay_end is not None:
             set_weight_decays(self.optimizer, weight_decay_at(self.global_step, self.total_steps, cfg.optim))
-        if cfg.trainer.channels_last:
+        if self.channels_last:
             batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
-        with torch.autocast(self.device.type, dtype=_AMP_DTYPES.get(cfg.trainer.precision), enabled=cfg.trainer.precision != "fp32"):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             outputs = self.model(batch, progress)
         loss = outputs["loss"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -376,14 +384,25 @@ class Trainer:
         images_per_s = self._window_steps * self.cfg.data.batch_size / max(elapsed, 1e-9)
         record["images_per_s"] = images_per_s
         self._throughput.append(images_per_s)
-        self.metrics.append(record)
+        self.loggers.log_metrics(record, "train")
         postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.3g}", "img/s": f"{images_per_s:.0f}"}
         postfix.update({k: f"{v:.4g}" for k, v in self.last_metrics.items()})
         bar.set_postfix(postfix, refresh=False)
         self._window, self._window_steps, self._window_start = {}, 0, time.perf_counter()
-        if is_distributed():  # all ranks agree on stopping at the same step
-            flag = torch.tensor([int(self._stop_requested)], device=self.device)
-            self._stop_agreed = bool(all_reduce_sum(flag))
+        # all ranks agree on stopping and on saving at the same step (their clocks differ)
+        flags = self._agree(self._stop_requested, self._time_for_checkpoint())
+        self._stop_agreed, self._checkpoint_due = flags[0], flags[1]
+
+    def _time_for_checkpoint(self) -> bool:
+        minutes = self.cfg.trainer.checkpoint_every_minutes
+        return minutes is not None and time.monotonic() - self._last_save_time >= 60.0 * minutes
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag, true when it is true on any rank (one small all-reduce under torchrun)."""
+        if not is_distributed():
+            return list(flags)
+        reduced = all_reduce_sum(torch.tensor([int(f) for f in flags], device=self.device)).tolist()
+        return [bool(v) for v in reduced]
 
     def _end_epoch(self, epoch: int, last: bool) -> None:
         cfg = self.cfg
@@ -391,18 +410,18 @@ class Trainer:
         results: dict[str, float] = {}
         if last or (every > 0 and (epoch + 1) % every == 0):
             self._check_finite()
-            if is_main_process():
+            with _eager_evaluation():  # every rank: the monitors shard their work and reduce the results
                 for monitor in self.monitors.values():
                     results.update(monitor.evaluate(self.method))
-            if is_distributed():
-                dist.barrier()
             if results:
                 self.last_metrics.update(results)
-                self.metrics.append({"step": self.global_step, "epoch": epoch + 1, **results})
+                self.loggers.log_metrics({"step": self.global_step, "epoch": epoch + 1, **results}, "eval")
                 message(f"epoch {epoch + 1}/{self.epochs}: " + _format(results))
-        if last or (epoch + 1) % cfg.trainer.checkpoint_every_epochs == 0:
+        every_epochs = cfg.trainer.checkpoint_every_epochs or (1 if cfg.trainer.keep_epoch_checkpoints else None)
+        scheduled = every_epochs is not None and (epoch + 1) % every_epochs == 0
+        if last or scheduled or self._agree(self._time_for_checkpoint())[0]:
             self._save()
-            if cfg.trainer.keep_epoch_checkpoints and is_main_process():
+            if (scheduled or last) and cfg.trainer.keep_epoch_checkpoints and is_main_process():
                 shutil.copyfile(self.checkpoint_dir / "last.pt", self.checkpoint_dir / f"epoch_{epoch + 1:04d}.pt")
 
     def _write_summary(self) -> dict[str, Any]:
@@ -414,6 +433,7 @@ class Trainer:
             "global_batch_size": self.cfg.data.batch_size,
             "world_size": world_size(),
             "device": str(self.device),
+            "precision": self.precision,
             "train_seconds": round(self._train_seconds, 2),
             "images_per_s": round(sum(self._throughput) / len(self._throughput), 1) if self._throughput else None,
             **self.initial_metrics,
@@ -421,6 +441,7 @@ class Trainer:
         }
         if is_main_process():
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            self.loggers.log_summary(summary)
             message("done: " + _format({k: v for k, v in summary.items() if isinstance(v, float)}) + f"; see {self.run_dir}")
         return summary
 
@@ -468,6 +489,38 @@ def _format(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
+def compile_networks(method: nn.Module, backend: str, mode: str) -> list[nn.Module]:
+    """``torch.compile`` (in place, state-dict keys unchanged) every network ``method`` lists in
+    ``compiled_modules()``, with static shapes: each input resolution (global and local crops of
+    multi-crop, a different batch size) gets its own specialized graph instead of one
+    dynamic-shape graph with slower kernels. The recompilation limit is raised so that every
+    resolution of every listed network keeps its graph. Returns the compiled modules."""
+    import torch._dynamo.config as dynamo_config
+
+    modules = list(method.compiled_modules()) if hasattr(method, "compiled_modules") else [method.backbone]
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch versions
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 8 * max(1, len(modules))))
+            break
+    for module in modules:
+        module.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=False)
+    return modules
+
+
+@contextmanager
+def _eager_evaluation() -> Iterator[None]:
+    """Run evaluations without the compiled graphs: their batch sizes and eval-mode layers would
+    each trigger a compilation longer than the evaluation itself."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        yield
+        return
+    with set_stance("force_eager"):
+        yield
+
+
 def train(cfg: Config) -> dict[str, Any]:
-    """Run one pretraining job described by ``cfg``; returns the summary."""
-    return Trainer(cfg).fit()
+    """Run one pretraining job described by ``cfg``; returns the summary. Under torchrun the process
+    group is created here and destroyed at the end, also when training fails."""
+    with process_group(cfg.trainer.device, cfg.trainer.dist_timeout_minutes):
+        return Trainer(cfg).fit()

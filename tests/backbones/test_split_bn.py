@@ -70,3 +70,26 @@ def test_conversion_replaces_every_batchnorm_and_sync_bn_leaves_it_alone():
 def test_uneven_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="batch of 6 does not split into 4"):
         SplitBatchNorm(3, 4)(torch.randn(6, 3))
+
+
+@pytest.mark.parametrize("splits", [1, 2, 4])
+def test_channels_last_input_gives_a_channels_last_output_equal_to_the_contiguous_path(splits):
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 3, 4, dtype=torch.float64) * 2 + 1
+    weight = torch.randn(8, 5, 3, 4, dtype=torch.float64)
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        bn = SplitBatchNorm(5, splits).double()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+        inp = x.clone().contiguous(memory_format=memory_format).requires_grad_(True)
+        out = bn(inp)
+        (out * weight).sum().backward()
+        results.append((out, inp.grad, bn.weight.grad, bn.running_mean.clone(), bn.running_var.clone()))
+    (out_c, *rest_c), (out_cl, *rest_cl) = results
+    assert out_cl.is_contiguous(memory_format=torch.channels_last) and not out_cl.is_contiguous()
+    torch.testing.assert_close(out_cl, out_c, rtol=1e-12, atol=1e-12)
+    for a, b in zip(rest_cl, rest_c):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

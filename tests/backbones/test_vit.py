@@ -91,3 +91,67 @@ def test_native_size_is_torchvisions_forward_and_other_sizes_interpolate_the_pos
     torch.testing.assert_close(resized[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 4, 16))
     with pytest.raises(ValueError, match="not divisible by the patch size 4"):
         model(torch.randn(1, 3, 10, 10))
+
+
+def _seeded_vit(**options):
+    torch.manual_seed(0)
+    return build_backbone("vit_tiny", **{**TINY, "num_layers": 3, **options})[0]
+
+
+def test_drop_path_rate_zero_is_the_current_model_and_eval_mode_is_the_identity():
+    """Stochastic depth adds no parameter and draws no random number at construction: the same seed
+    gives the same weights with and without it, and in eval mode the same outputs."""
+    plain, dropping = _seeded_vit(), _seeded_vit(drop_path_rate=0.4)
+    assert plain.state_dict().keys() == dropping.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), dropping.state_dict().values()))
+    images = torch.randn(6, 3, 8, 8)
+    plain.eval(), dropping.eval()
+    assert torch.equal(plain(images), dropping(images))
+    plain.train()
+    torch.manual_seed(1)
+    first = plain(images)
+    assert torch.equal(first, plain(images))  # rate 0 draws nothing: train mode is deterministic
+
+
+def test_drop_path_is_active_in_train_mode_at_dinos_linearly_rising_rates():
+    model = _seeded_vit(drop_path_rate=0.4)
+    rates = [[m.rate for m in block.modules() if type(m).__name__ == "DropPath"] for block in model.encoder.layers]
+    assert rates == [[], [0.2, 0.2], [0.4, 0.4]]  # linspace(0, 0.4, 3), both branches of a block
+    model.train()
+    images = torch.randn(64, 3, 8, 8)
+    torch.manual_seed(1)
+    a = model(images)
+    b = model(images)
+    model.eval()
+    reference = model(images)
+    assert not torch.allclose(a, b) and not torch.allclose(a, reference)
+    assert torch.equal(reference, model(images))  # eval mode: deterministic
+
+
+def test_drop_path_zeroes_whole_samples_and_keeps_the_expectation():
+    from siamssl.backbones.vit import drop_path
+
+    x = torch.ones(20000, 3, 2)
+    torch.manual_seed(0)
+    out = drop_path(x, 0.25, training=True)
+    per_sample = out.flatten(1)
+    torch.testing.assert_close(per_sample.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert bool((per_sample == per_sample[:, :1]).all())  # one draw per sample
+    assert abs(float(out.mean()) - 1.0) < 0.02 and abs(float((per_sample[:, 0] == 0).float().mean()) - 0.25) < 0.01
+    assert torch.equal(drop_path(x, 0.25, training=False), x)
+    with pytest.raises(ConfigError):
+        build_backbone("vit_tiny", drop_path_rate=1.0, **TINY)
+
+
+@torch.no_grad()
+def test_dino_init_is_trunc_normal_002_with_zero_biases():
+    model, _ = build_backbone("vit_small", image_size=32, patch_size=4, num_layers=2, init="dino")
+    block = model.encoder.layers[0]
+    weights = torch.cat([block.self_attention.in_proj_weight.flatten(), block.mlp[0].weight.flatten(), block.mlp[3].weight.flatten()])
+    assert abs(float(weights.std()) - 0.02) < 0.001 and float(weights.abs().max()) < 0.2
+    for tensor in (model.class_token, model.encoder.pos_embedding):
+        assert abs(float(tensor.std()) - 0.02) < 0.004
+    assert not block.self_attention.in_proj_bias.any() and not block.mlp[0].bias.any()
+    assert torch.equal(block.ln_1.weight, torch.ones(384)) and not block.ln_1.bias.any()
+    torchvision_default, _ = build_backbone("vit_small", image_size=32, patch_size=4, num_layers=2)
+    assert float(torchvision_default.encoder.layers[0].mlp[0].weight.std()) > 0.03  # xavier, not 0.02

@@ -94,8 +94,8 @@ def test_batch_size_errors_are_clear():
         BatchedTrainLoader(memory_split(), augment(), 16, seed=0, world_size=3)
     with pytest.raises(ConfigError, match="larger than the training set"):
         BatchedTrainLoader(memory_split(), augment(), 64, seed=0)
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
-        BatchedTrainLoader(memory_split(), augment(), 16, seed=0, decode_on_device=True)
+    with pytest.raises(ConfigError, match="prefetch_batches"):
+        BatchedTrainLoader(memory_split(), augment(), 16, seed=0, prefetch_batches=0)
 
 
 def write_folder(root: Path, images: torch.Tensor, jpeg_every: int = 0) -> list[str]:

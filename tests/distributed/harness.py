@@ -39,6 +39,8 @@ from siamssl.methods import METHODS
 from tests.conftest import tiny_raw
 from siamssl.losses import (
     BarlowTwinsLoss,
+    CPCLoss,
+    InvariantSpreadingLoss,
     DINOLoss,
     InfoNCELoss,
     NCELoss,
@@ -50,9 +52,11 @@ from siamssl.losses import (
     UniGradLoss,
     VICRegLoss,
     barlow_twins_loss,
+    cpc_loss,
     dino_loss,
     full_softmax_loss,
     info_nce,
+    invariant_spreading_loss,
     nce_loss,
     nce_normalizer,
     negative_cosine_similarity,
@@ -129,6 +133,18 @@ def _unigrad_with_batch_correlation(a: Tensor, b: Tensor) -> Tensor:
     return unigrad_loss(a, b, b.detach(), a.detach(), sd.all_reduce_mean(unigrad_correlation(b, a)), 100.0)
 
 
+# CPC: each local row becomes one image's 2×2 grid of 4-d codes (targets from a, predictions 1 row
+# ahead from b), so a rank's rows are whole images, as the method shards them.
+def _cpc_case(gather: bool, module: bool = False) -> LossCase:
+    def case(a: Tensor, b: Tensor) -> Tensor:
+        predictions, targets = b.reshape(1, -1, 2, 2, DIM // 4), a.reshape(-1, 2, 2, DIM // 4)
+        if module:
+            return CPCLoss([1], gather_distributed=gather)(predictions, targets)
+        return cpc_loss(predictions, targets, [1], gather_distributed=gather)
+
+    return case
+
+
 LossCase = Callable[[Tensor, Tensor], Tensor]
 
 LOSS_CASES: dict[str, LossCase] = {
@@ -162,6 +178,11 @@ LOSS_CASES: dict[str, LossCase] = {
     "unigrad_loss": lambda a, b: unigrad_loss(a, b, b.detach(), a.detach(), _UNIGRAD_F, 100.0),
     "unigrad_correlation": _unigrad_with_batch_correlation,
     "UniGradLoss": lambda a, b: UniGradLoss(100.0)(a, b, b.detach(), a.detach(), _UNIGRAD_F),
+    "invariant_spreading_loss": lambda a, b: invariant_spreading_loss(a, b, 0.2),
+    "invariant_spreading_loss/full_gradient": lambda a, b: invariant_spreading_loss(a, b, 0.2, stop_gradient_candidates=False),
+    "InvariantSpreadingLoss": lambda a, b: InvariantSpreadingLoss(0.2)(a, b),
+    "cpc_loss": _cpc_case(gather=True),
+    "CPCLoss": _cpc_case(gather=True, module=True),
 }
 
 # The same losses computed on the local batch only (for nce_normalizer: Z estimated on the local batch,\n# not averaged over ranks): on 2 ranks they must NOT match one process.
@@ -180,6 +201,10 @@ GATHERING_LOSSES: dict[str, LossCase] = {
         a, _MEMORY, local_rows(_CANDIDATES), nce_normalizer(a, _MEMORY, local_rows(_CANDIDATES), 0.2), 0.2
     ),
     "unigrad_correlation": lambda a, b: unigrad_loss(a, b, b.detach(), a.detach(), unigrad_correlation(b, a), 100.0),
+    "invariant_spreading_loss": lambda a, b: invariant_spreading_loss(a, b, 0.2, gather_distributed=False),
+    "InvariantSpreadingLoss": lambda a, b: InvariantSpreadingLoss(0.2, gather_distributed=False)(a, b),
+    "cpc_loss": _cpc_case(gather=False),
+    "CPCLoss": _cpc_case(gather=False, module=True),
 }
 
 

@@ -120,3 +120,21 @@ def test_separated_clusters_are_classified_perfectly():
     query = centers.repeat_interleave(5, 0) + 0.1 * torch.randn(15, 8, generator=g)
     accuracy = knn_accuracy(query, torch.arange(3).repeat_interleave(5), bank, torch.arange(3).repeat_interleave(20), 3, ks=[10])
     assert accuracy == {10: 1.0}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_bank_is_multiplied_in_float32_chunk_by_chunk(dtype):
+    """The bank is stored in 16 bits but its similarities are float32: the scores equal those of the
+    same (rounded) bank held in float32, whatever the chunking."""
+    from siamssl.eval.knn import normalized_rows
+
+    g = torch.Generator().manual_seed(0)
+    bank = torch.randn(50, 16, generator=g)
+    labels = torch.randint(0, 4, (50,), generator=g)
+    query = torch.randn(9, 16, generator=g)
+    half = normalized_rows(bank, dtype)
+    assert half.dtype == dtype
+    expected = knn_scores(query, half.float(), labels, 4, ks=(5, 20), temperature=0.1, bank_normalized=True)
+    actual = knn_scores(query, half, labels, 4, ks=(5, 20), temperature=0.1, bank_normalized=True, bank_chunk_size=7, chunk_size=4)
+    for k in (5, 20):
+        torch.testing.assert_close(actual[k], expected[k], rtol=1e-6, atol=1e-6)

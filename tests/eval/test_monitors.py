@@ -156,3 +156,33 @@ def test_a_memory_bank_run_can_be_evaluated_on_another_training_set(tmp_path):
     assert any(v.shape[0] == 64 for k, v in tensors.items() if "bank" in k)  # the 64 rows it was trained with
     for key, value in tensors.items():
         assert torch.equal(value, saved[key]), key
+
+
+class _LabelInProjectorOnly(SSLMethod):
+    """Backbone features that are pure noise; a projector output that encodes the class (the mean
+    colour of the image, which the test set draws per class)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Identity()
+        self.noise = torch.Generator().manual_seed(0)
+
+    def embed(self, images):
+        return torch.randn(images.shape[0], 16, generator=self.noise)
+
+    def project(self, images):
+        return torch.nn.functional.one_hot(images.mean(dim=(1, 2, 3)).gt(0).long(), 2).float() + 0.01
+
+
+def test_knn_monitor_votes_with_the_projector_output_when_asked():
+    from siamssl.eval.monitors import KNNMonitor, KNNOptions
+
+    labels = torch.arange(64) % 2
+    images = torch.where(labels.view(-1, 1, 1, 1).bool(), 200, 50).expand(64, 3, 8, 8).to(torch.uint8).contiguous()
+    split = ImageSplit(labels=labels, images=images)
+    data = LabeledImages(split, split, ["dark", "bright"], (0.5,) * 3, (0.25,) * 3)
+    context = MonitorContext(data, data.mean, data.std, torch.device("cpu"), 16, 8)
+    method = _LabelInProjectorOnly()
+    projector = KNNMonitor(KNNOptions(k=5, features="projector"), context).evaluate(method)["knn_top1"]
+    backbone = KNNMonitor(KNNOptions(k=5), context).evaluate(method)["knn_top1"]
+    assert projector == 1.0 and backbone < 0.8

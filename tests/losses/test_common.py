@@ -17,13 +17,17 @@ import torch.distributed as dist
 
 from siamssl.losses import (
     BarlowTwinsLoss,
+    CPCLoss,
+    InvariantSpreadingLoss,
     InfoNCELoss,
     NegativeCosineLoss,
     NormalizedMSELoss,
     NTXentLoss,
     VICRegLoss,
     barlow_twins_loss,
+    cpc_loss,
     info_nce,
+    invariant_spreading_loss,
     negative_cosine_similarity,
     normalized_mse,
     nt_xent,
@@ -34,6 +38,12 @@ N, D, K = 12, 24, 40
 _BANK = torch.randn(K, D, generator=torch.Generator().manual_seed(123))
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _grid_loss(loss: Callable[..., torch.Tensor], **options) -> LossFn:
+    """CPC's loss on (N, D) inputs: targets a (3, 4, 4, D/12) grid, predictions 1 row ahead."""
+    return lambda a, b: loss(b.reshape(1, 3, 4, 4, -1), a.reshape(3, 4, 4, -1), **options)
+
 LOSSES: dict[str, LossFn] = {
     "negative_cosine": lambda a, b: negative_cosine_similarity(a, b),
     "negative_cosine_no_sg": lambda a, b: negative_cosine_similarity(a, b, stop_gradient=False),
@@ -43,12 +53,16 @@ LOSSES: dict[str, LossFn] = {
     "nt_xent": lambda a, b: nt_xent(a, b, temperature=0.5),
     "barlow_twins": lambda a, b: barlow_twins_loss(a, b),
     "vicreg": lambda a, b: vicreg_loss(a, b),
+    "invariant_spreading": lambda a, b: invariant_spreading_loss(a, b, 0.1),
+    "cpc": _grid_loss(cpc_loss, offsets=[1]),
     "NegativeCosineLoss": NegativeCosineLoss(),
     "NormalizedMSELoss": NormalizedMSELoss(),
     "InfoNCELoss": InfoNCELoss(temperature=0.2),
     "NTXentLoss": NTXentLoss(),
     "BarlowTwinsLoss": BarlowTwinsLoss(),
     "VICRegLoss": VICRegLoss(),
+    "InvariantSpreadingLoss": InvariantSpreadingLoss(0.1),
+    "CPCLoss": _grid_loss(CPCLoss([1])),
 }
 
 
@@ -121,6 +135,10 @@ GATHERING: dict[str, Callable[[bool], LossFn]] = {
     "NTXentLoss": lambda gather: NTXentLoss(0.3, gather_distributed=gather),
     "BarlowTwinsLoss": lambda gather: BarlowTwinsLoss(gather_distributed=gather),
     "VICRegLoss": lambda gather: VICRegLoss(gather_distributed=gather),
+    "invariant_spreading": lambda gather: lambda a, b: invariant_spreading_loss(a, b, 0.2, gather_distributed=gather),
+    "InvariantSpreadingLoss": lambda gather: InvariantSpreadingLoss(0.2, gather_distributed=gather),
+    "cpc": lambda gather: _grid_loss(cpc_loss, offsets=[1], gather_distributed=gather),
+    "CPCLoss": lambda gather: _grid_loss(CPCLoss([1], gather_distributed=gather)),
 }
 
 

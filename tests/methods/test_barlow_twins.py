@@ -107,3 +107,54 @@ def test_shipped_config_trains_two_steps(tmp_path: Path, name: str, extra: tuple
     cfg = config_from_dict(shipped_config_raw(str(CONFIGS / name), str(tmp_path / "run"), *extra))
     assert Trainer(cfg).fit()["steps"] == 2
     assert math.isfinite(_last_loss(tmp_path / "run"))
+
+
+def _official_main_py_gradient(method: BarlowTwins, views: list[torch.Tensor], gpus: int, lambd: float) -> list[torch.Tensor]:
+    """What facebookresearch/barlowtwins main.py computes on ``gpus`` GPUs, simulated in one process:
+    SyncBN gives every GPU the global batch statistics (as one process does); GPU r forms its share
+    c_r = bn(z1_r)ᵀ bn(z2_r) / N, ``all_reduce`` sums the shares without autograd, so GPU r's
+    backward sees c = c_r + (the others' shares as constants); DDP averages the GPUs' gradients."""
+    params = [p for p in method.parameters() if p.requires_grad]
+    z1, z2 = method.projector(method.backbone(views[0])), method.projector(method.backbone(views[1]))
+    n = z1.shape[0]
+
+    def bn(z: torch.Tensor) -> torch.Tensor:  # nn.BatchNorm1d(affine=False) in training mode
+        return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5)
+
+    shares = [bn(z1)[rows].T @ bn(z2)[rows] / n for rows in torch.arange(n).chunk(gpus)]
+    total = [torch.zeros_like(p) for p in params]
+    for r in range(gpus):
+        c = shares[r] + sum(s.detach() for i, s in enumerate(shares) if i != r)
+        on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+        off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+        grads = torch.autograd.grad(on_diag + lambd * off_diag, params, retain_graph=True)
+        total = [t + g for t, g in zip(total, grads)]
+    return [t / gpus for t in total]
+
+
+@pytest.mark.parametrize("gpus", [2, 4])
+def test_official_gradient_option_is_one_over_w_of_the_exact_gradient_as_main_py(gpus: int) -> None:
+    """``official_gradient_gpus: W`` keeps the loss value and scales the exact gradient by exactly
+    1/W, which is what the official code's non-differentiable all_reduce followed by DDP's averaging
+    computes (float64 simulation of W GPUs above)."""
+    torch.manual_seed(0)
+    exact_method = _method(lambd=0.01).double()
+    official_method = _method(lambd=0.01, official_gradient_gpus=gpus).double()
+    official_method.load_state_dict(exact_method.state_dict())
+    views = [torch.randn(16, 3, 16, 16, dtype=torch.float64) for _ in range(2)]
+    batch, progress = Batch(views=views, index=torch.arange(16)), TrainingProgress(0, 1, 0, 1)
+
+    def gradients(method: BarlowTwins) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        loss = method(batch, progress)["loss"]
+        params = [p for p in method.parameters() if p.requires_grad]
+        return loss.detach(), list(torch.autograd.grad(loss, params))
+
+    exact_loss, exact = gradients(exact_method)
+    official_loss, official = gradients(official_method)
+    assert torch.equal(exact_loss, official_loss)
+    for e, o in zip(exact, official):
+        assert torch.equal(o, e / gpus)  # W is a power of two: the scaling is exact
+    simulated = _official_main_py_gradient(exact_method, views, gpus, 0.01)
+    for o, s in zip(official, simulated):
+        torch.testing.assert_close(o, s, rtol=1e-4, atol=1e-8)  # the loss itself runs in float32
+    assert max(float(g.abs().max()) for g in exact) > 1e-3  # not a vacuous comparison

@@ -112,3 +112,80 @@ def test_directpred_predictor_follows_the_online_projections_and_is_not_trained(
     torch.testing.assert_close(method.predictor.correlation, z.t() @ z / z.shape[0], rtol=1e-5, atol=1e-6)
     method.on_after_optimizer_step(progress(0))
     torch.testing.assert_close(method.predictor.weight, directpred_weight(method.predictor.correlation, 0.1), rtol=0, atol=0)
+
+
+# ------------------------------------------------------- research switches: fixed random / shallow target
+
+
+def _byol_fixed_random(**options) -> BYOL:
+    torch.manual_seed(0)
+    backbone, dim = tiny_backbone()
+    cfg = BYOL.Config(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=32, target="fixed_random", **options)
+    return BYOL(backbone, dim, cfg, target_backbone=tiny_backbone())
+
+
+def test_fixed_random_target_is_independent_of_the_online_init_and_never_moves():
+    method = _byol_fixed_random()
+    online = [p.detach().clone() for p in list(method.backbone.parameters()) + list(method.projector.parameters())]
+    target_params = list(method.target_backbone.parameters()) + list(method.target_projector.parameters())
+    target = [p.detach().clone() for p in target_params]
+    assert [p.shape for p in online] == [p.shape for p in target]
+    # Not a copy: every weight matrix differs (BN γ = 1, β = 0 start equal by construction).
+    matrices = [(a, b) for a, b in zip(online, target) if a.ndim > 1]
+    assert matrices and all(not torch.equal(a, b) for a, b in matrices)
+    with torch.no_grad():
+        before = float(method(two_views(256, seed=99), progress(0))["loss"])
+    train(method, steps=120, lr=0.1)
+    for saved, now in zip(target, target_params):
+        assert torch.equal(saved, now)  # fixed: no EMA, no gradient
+    moved = [a for a, b in zip(online, list(method.backbone.parameters()) + list(method.projector.parameters())) if not torch.equal(a, b)]
+    assert moved  # the online network trains
+    with torch.no_grad():
+        after = float(method(two_views(256, seed=99), progress(0))["loss"])
+    # The online network learns to predict the fixed target: loss well below its start (measured 3.77 → 0.47).
+    assert after < 0.5 * before, (before, after)
+
+
+def test_fixed_random_target_through_the_trainer_is_drawn_from_the_run_seed(tmp_path):
+    from siamssl.eval.runs import load_run
+    from siamssl.config import config_from_dict
+    from siamssl.train.trainer import Trainer
+    from tests.conftest import tiny_raw
+
+    Trainer(config_from_dict(tiny_raw(tmp_path / "run", "trainer.max_steps=3", "method.target=fixed_random", method="byol"))).fit()
+    trained = load_run(tmp_path / "run", device="cpu").method.state_dict()
+    init = load_run(tmp_path / "run", device="cpu", random_init=True).method.state_dict()
+    target_keys = [k for k in trained if k.startswith("target_") and trained[k].is_floating_point() and "running" not in k]
+    assert target_keys
+    for key in target_keys:
+        assert torch.equal(trained[key], init[key]), key
+    online_conv = "backbone.conv1.weight"
+    assert not torch.equal(init[online_conv], init["target_" + online_conv])
+    assert not torch.equal(trained[online_conv], init[online_conv])
+
+
+def test_shallow_target_is_the_ema_of_the_first_half_of_the_stages_with_a_fixed_mlp():
+    from siamssl.backbones import build_backbone, forward_stages
+
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("resnet_narrow", cifar_stem=True, widths=[8, 16, 24, 32])
+    method = BYOL(backbone, dim, BYOL.Config(proj_hidden_dim=32, proj_dim=8, pred_hidden_dim=32, momentum=0.9,
+                                             momentum_schedule="constant", target="shallow"))
+    assert method.target_backbone.num_stages == 2 and method.target_projector[0].in_features == 16
+    views = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    from siamssl.methods.base import Batch
+
+    batch = Batch(views=views, index=torch.arange(8))
+    with torch.no_grad():  # the target's features are stage 2 of the (EMA) backbone copy, pooled
+        expected = method.target_projector(forward_stages(method.target_backbone.backbone, views[0], 2)[-1])
+        assert torch.allclose(method.target_projector(method.target_backbone(views[0])), expected)
+    mlp_before = [p.clone() for p in method.target_projector.parameters()]
+    stages_before = [p.clone() for p in method.target_backbone.backbone.parameters()]
+    optimizer = torch.optim.SGD([p for g in method.parameter_groups() for p in g.params], lr=0.1)
+    method(batch, progress(0))["loss"].backward()
+    optimizer.step()
+    method.on_after_optimizer_step(progress(0))
+    for p0, p, online in zip(stages_before, method.target_backbone.backbone.parameters(), method.backbone.parameters()):
+        torch.testing.assert_close(p, 0.9 * p0 + 0.1 * online.detach())
+    assert all(torch.equal(a, b) for a, b in zip(mlp_before, method.target_projector.parameters()))
+    assert all(not p.requires_grad for p in method.target_projector.parameters())

@@ -1,8 +1,11 @@
-"""Every recipe shipped for BYOL, MoCo v1/v2/v3 and SimCLR trains through the real trainer.
+"""Every recipe shipped for BYOL, MoCo v1/v2/v3 and SimCLR, and every lightly-protocol benchmark
+config (configs/benchmarks/lightly_cifar10), trains through the real trainer.
 
 Tiny variants (tests/tiny_configs) run 2 steps with the kNN monitor; the shipped configs/*.yaml run
 2 steps of batch 16 on the built-in shapes dataset with tiny crops (ViTs: 2 blocks), so the heads,
-queues, schedules and optimizer settings of each recipe are exercised as written."""
+queues, schedules and optimizer settings of each recipe are exercised as written. The other methods'
+recipes run the same way in their own test files (test_barlow_twins, test_vicreg, test_swav,
+test_dino, test_instdisc)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import torch
 from siamssl.config import config_from_dict, load_config
 from siamssl.train.trainer import Trainer
 from tests.conftest import tiny_raw
-from tests.methods.training_helpers import assert_resume_is_exact
+from tests.methods.training_helpers import assert_resume_is_exact, shipped_config_raw
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ["byol", "moco", "mocov3", "simclr"]
@@ -76,3 +79,39 @@ def test_resume_is_exact(tmp_path, method):
     """Momentum encoders, the MoCo queue and pointer, and the Shuffle-BN permutations (seeded by the
     step) continue exactly after an interruption."""
     assert_resume_is_exact(tmp_path, method)
+
+
+LIGHTLY = sorted((REPO / "configs" / "benchmarks" / "lightly_cifar10").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", LIGHTLY, ids=[p.stem for p in LIGHTLY])
+def test_lightly_protocol_config_trains_two_steps(tmp_path, path):
+    """Each lightly-protocol config as written (optimizer, schedule, heads, momentum, transforms) on
+    the tiny ResNet, with its kNN monitor (k lowered to the 32-image bank)."""
+    extra = ["eval.monitors=[knn]", "eval.knn.k=5"]
+    if path.stem == "moco":
+        extra.append("method.bn_splits=2")  # 8 BatchNorm groups of a 16-image batch hold 2 images
+    cfg = config_from_dict(shipped_config_raw(str(path), str(tmp_path / "run"), *extra))
+    assert cfg.trainer.epochs == 200 and cfg.data.batch_size == 16 and cfg.eval.every_n_epochs == 1
+    summary = Trainer(cfg).fit()
+    losses = _losses(tmp_path / "run")
+    assert summary["steps"] == 2 and losses and all(math.isfinite(v) for v in losses)
+    assert 0.0 <= summary["knn_top1"] <= 1.0
+
+
+@pytest.mark.parametrize("recipe, extra", [("mocov1", ["method.bn_splits=2"]), ("mocov2", ["method.bn_splits=2"]), ("instdisc", [])])
+def test_recipes_monitor_knn_on_the_128d_output_as_their_sources(tmp_path, recipe, extra):
+    """The MoCo CIFAR demo votes with the 128-d output of encoder_q, lemniscate's kNN with the
+    l2-normalized 128-d embedding: the recipes' kNN monitor uses method.project, the head's output."""
+    raw = shipped_config_raw(str(REPO / "configs" / f"{recipe}.yaml"), str(tmp_path / "run"), *extra,
+                             "eval.monitors=[knn]", "eval.knn.k=5")
+    cfg = config_from_dict(raw)
+    assert cfg.monitor_options["knn"].features == "projector"
+    trainer = Trainer(cfg)
+    trainer.method.eval()
+    projected = trainer.method.project(torch.rand(2, 3, 32, 32))
+    assert projected.shape == (2, 128)
+    if recipe == "instdisc":
+        torch.testing.assert_close(projected.norm(dim=1), torch.ones(2))
+    summary = trainer.fit()
+    assert summary["steps"] == 2 and 0.0 <= summary["knn_top1"] <= 1.0

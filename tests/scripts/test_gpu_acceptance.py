@@ -33,15 +33,20 @@ def test_every_stage_ran_and_nothing_was_skipped(dry_run):
         assert cell["batched_images_per_s"] > 0 and cell["torchvision_images_per_s"] > 0
         assert cell["flops_per_image"] > 0
     assert {(c["precision"], c["compile"]) for c in results["throughput"]["cells"]} == {("fp32", False), ("bf16", True)}
-    assert results["imagefolder"]["images_per_s"] > 0
+    imagefolder = results["imagefolder"]
+    assert "error" not in imagefolder, imagefolder
+    assert imagefolder["bench"]["step_images_per_s"] > 0 and imagefolder["check"]["same_indices_as_cpu"]
+    assert imagefolder["check"]["corrupt_warnings"] == 1
     assert not (out / "scratch").exists()  # generated images and runs are removed
 
 
 def test_every_method_trains_finite_without_host_syncs(dry_run):
     results, _, _ = dry_run
     rows = results["correctness"]["rows"]
+    library = set(load_script("gpu_acceptance").library_methods())
+    assert library and library <= set(METHODS.names())
     covered = {r["method"] for r in rows}
-    assert covered | set(results["correctness"]["methods_without_recipe"]) == set(METHODS.names())
+    assert covered | set(results["correctness"]["methods_without_recipe"]) == library
     assert not results["correctness"]["methods_without_recipe"], "every registered method needs a CIFAR recipe"
     for row in rows:
         assert "error" not in row, row
@@ -53,21 +58,8 @@ def test_learning_stage_reports_knn_next_to_lightly(dry_run):
     learning = results["learning"]
     assert 0.0 <= learning["knn_top1"] <= 1.0 and 0.0 <= learning["knn_top1_random_init"] <= 1.0
     assert learning["epochs"] == 1 and learning["lightly_reference"]
-    for heading in ("## Throughput", "## ImageFolder path", "## Correctness", "## Learning", "MFU"):
+    for heading in ("## Throughput", "## ImageFolder path", "training step", "## Correctness", "## Learning", "MFU"):
         assert heading in report
-
-
-def test_the_sync_watch_sees_a_host_read():
-    script = load_script("gpu_acceptance")
-    x = torch.ones(3)
-    with script.watch_host_syncs(torch.device("cpu")) as found:
-        (x * 2).sum().item()
-        bool(x.any())
-    assert found == ["Tensor.item", "Tensor.__bool__"]
-    with script.watch_host_syncs(torch.device("cpu")) as found:
-        (x * 2).sum()
-    assert found == []
-    assert torch.Tensor.item.__name__ == "item"  # restored
 
 
 def test_budget_shares_leave_the_learning_stage_the_rest():

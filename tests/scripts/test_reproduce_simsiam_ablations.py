@@ -49,3 +49,6 @@ def test_outcome_rule():
     assert outcome({"z_std": [0.3 * healthy], "loss": [-0.99]}, 64, -0.9) == "collapses"
     assert outcome({"z_std": [healthy], "loss": [-0.25]}, 64, -0.9) == "no convergence"
     assert outcome({"z_std": [healthy], "loss": [-0.8]}, 64, -0.9) == "works"
+    # A healthy projector std (output BatchNorm) but kNN below the random encoder's: collapsed backbone.
+    assert outcome({"z_std": [healthy], "loss": [-0.8], "knn_top1": [0.11]}, 64, -0.9, random_init_knn=0.17) == "collapses"
+    assert outcome({"z_std": [healthy], "loss": [-0.8], "knn_top1": [0.25]}, 64, -0.9, random_init_knn=0.17) == "works"
