@@ -33,9 +33,15 @@ formulas, but computed for every sample at once:
   **solarize** (pixels ≥ 128/255 inverted; on float values the threshold is 127.5/255, the value that
   rounds to 128) run on the subsets drawn for them; normalization is last.
 
-Differences from the uint8 torchvision pipeline are quantization only: torchvision rounds (or
-truncates) to uint8 after every operation, this engine keeps float32 until the end (differences
-within about 1/255 per operation; see ``tests/data/test_batched_augment.py``).
+**uint8 levels.** torchvision's pipeline runs on uint8 images: it rounds after the resize and the
+blur and truncates (``.to(torch.uint8)``) after every jitter blend, the grayscale conversion and the
+hue round trip, with contrast and saturation blending towards the floored grayscale. The engine
+computes in float32 on the integer levels 0-255 and applies the same rounding and truncation at the
+same places (:attr:`BatchedAugment.uint8_levels`, on by default), so for the same parameters its
+views are torchvision's up to the fixed-point rounding of torchvision's uint8 resize kernel (a pixel
+now and then one level off; ``scripts/augment_parity.py``, ``tests/data/test_augment_parity.py``).
+Without it (float kernels, the engine before issue 11), truncation is the only difference, but a
+systematic one: the float views were brighter by about 1.1/255 on average after colour jitter.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ NUM_UNIFORMS = 36
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 SOLARIZE_THRESHOLD = 127.5 / 255.0  # float value that a uint8 pipeline rounds to 128 (torchvision's threshold)
+UINT8_FROM_FLOAT = 255.0 + 1.0 - 1e-3  # torchvision's float -> uint8 conversion: ⌊x·(255 + 1 − ε)⌋
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,12 @@ class BatchedAugment:
     cpu_chunk_bytes = 1 << 20
     #: Python threads that process CPU chunks (None: torch.get_num_threads()).
     cpu_threads: Optional[int] = None
+    #: Work in uint8 levels (0-255) and quantize after each operation exactly where torchvision's
+    #: uint8 kernels do (round after resize and blur, truncate after every jitter blend, grayscale
+    #: and hue): the views of ``data.pipeline=torchvision`` for the same parameters. False: float
+    #: kernels throughout (no quantization; the engine before issue 11, whose views were brighter by
+    #: about 1.1/255 on average after colour jitter).
+    uint8_levels: bool = True
 
     def __init__(self, cfg: AugmentConfig, mean: Sequence[float], std: Sequence[float]) -> None:
         self.cfg = cfg
@@ -268,22 +281,26 @@ class BatchedAugment:
         return out
 
     def _apply_chunk(self, images: ImageBatch, group: ViewGroup, params: ViewParams) -> Tensor:
-        x = resized_crops(images, params.boxes, params.flip, group.size, self.interpolation)
+        levels = self.uint8_levels
+        x = resized_crops(images, params.boxes, params.flip, group.size, self.interpolation, levels=levels)
         views, count = x.shape[:2]
         x = x.view(views * count, 3, group.size, group.size)
         flat = lambda t: t.reshape(views * count, *t.shape[2:])  # noqa: E731
         device = x.device
         if bool(params.jitter.any()):
-            x = color_jitter(x, flat(params.jitter_factors), flat(params.jitter_order))
-        x = grayscale_subset(x, flat(params.grayscale))
+            x = color_jitter(x, flat(params.jitter_factors), flat(params.jitter_order), levels=levels)
+        x = grayscale_subset(x, flat(params.grayscale), levels=levels)
         mask = flat(params.blur)
         if bool(mask.any()):
             index = mask.nonzero().squeeze(1)
             sigma = to_device(flat(params.blur_sigma)[index], device)
             index = to_device(index, device)
-            x.index_copy_(0, index, gaussian_blur(x.index_select(0, index), sigma, blur_kernel_size(group.size)))
-        x = solarize_subset(x, flat(params.solarize))
+            blurred = gaussian_blur(x.index_select(0, index), sigma, blur_kernel_size(group.size))
+            x.index_copy_(0, index, blurred.round_() if levels else blurred)  # torchvision rounds a uint8 blur
+        x = solarize_subset(x, flat(params.solarize), levels=levels)
         mean, inv_std = self._normalization(device)
+        if levels:
+            x = x.mul_(1.0 / 255.0)
         x = x.sub_(mean).mul_(inv_std)
         return x.view(views, count, 3, group.size, group.size)
 
@@ -377,15 +394,17 @@ def resize_weights(start: Tensor, length: Tensor, in_size: int, out_size: int, i
     return weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
-def resized_crops(images: ImageBatch, boxes: Tensor, flip: Tensor, size: int, interpolation: str) -> Tensor:
+def resized_crops(images: ImageBatch, boxes: Tensor, flip: Tensor, size: int, interpolation: str, levels: bool = False) -> Tensor:
     """Crop every box of ``boxes`` (V, N, 4) from image n, resize it to ``size``² and mirror it where
-    ``flip`` (V, N): float32 (V, N, 3, size, size) in [0, 1] on the images' device."""
+    ``flip`` (V, N): float32 (V, N, 3, size, size) in [0, 1] on the images' device, or with ``levels``
+    in uint8 levels [0, 255] rounded to integers, as torchvision's uint8 ``resized_crop``."""
     views, count = boxes.shape[:2]
+    to_unit = 1.0 if levels else 1.0 / 255.0
     if isinstance(images, Tensor):
         device = images.device
         _, _, height, width = images.shape
         flat_boxes = to_device(boxes.reshape(-1, 4), device)
-        rows = resize_weights(flat_boxes[:, 0], flat_boxes[:, 2], height, size, interpolation).mul_(1.0 / 255.0)
+        rows = resize_weights(flat_boxes[:, 0], flat_boxes[:, 2], height, size, interpolation).mul_(to_unit)
         cols = resize_weights(flat_boxes[:, 1], flat_boxes[:, 3], width, size, interpolation)
         cols = torch.where(to_device(flip.reshape(-1, 1, 1), device), cols.flip(1), cols)
         # Columns first as one (3H × W)·(W × S) product per sample and view, then rows.
@@ -397,8 +416,12 @@ def resized_crops(images: ImageBatch, boxes: Tensor, flip: Tensor, size: int, in
         from siamssl.data.crops import resized_crops_of_images
 
         x = resized_crops_of_images(list(images), boxes, flip, size, interpolation)
+        if levels:
+            x = x.mul_(255.0)
     # Cubic filters overshoot and normalized weights can sum to 1 + ε; torchvision's uint8 output
-    # is in range too. Clamping here also keeps every later operation's input in [0, 1].
+    # is in range too. Clamping here also keeps every later operation's input in range.
+    if levels:
+        return x.clamp_(0.0, 255.0).round_()
     return x.clamp_(0.0, 1.0)
 
 
@@ -430,12 +453,16 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     return ramp.mul_(-chroma.unsqueeze(1)).add_(value.unsqueeze(1))
 
 
-def color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+def color_jitter(x: Tensor, factors: Tensor, order: Tensor, levels: bool = False) -> Tensor:
     """torchvision's ``ColorJitter`` with per-sample factors (M, 4) (brightness, contrast, saturation,
-    hue shift) applied in a per-sample order (M, 4), to float images (M, 3, H, W) in [0, 1].
+    hue shift) applied in a per-sample order (M, 4), to float images (M, 3, H, W) in [0, 1] (float
+    kernels), or with ``levels`` to integer uint8 levels in [0, 255] with torchvision's uint8
+    kernels' quantization: every blend truncated to an integer (``.to(uint8)``), contrast and
+    saturation blending towards the floored grayscale, hue converted back as ``⌊x·255.999/255⌋``.
 
-    Identity factors (1, 1, 1, 0) leave a sample unchanged."""
+    Identity factors (1, 1, 1, 0) leave a sample unchanged (also with ``levels``: x is integral)."""
     device = x.device
+    bound = 255.0 if levels else 1.0
     samples = torch.arange(order.shape[0])
     for slot in range(4):
         op = order[:, slot]
@@ -444,35 +471,47 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
             weights = torch.stack([factor, (op == SATURATION).float(), (op == CONTRAST).float()], dim=1)
             weights = to_device(weights, device).view(-1, 3, 1, 1, 1)
             gray = luma(x)
+            if levels:
+                gray = gray.floor_()
             # target: 0 (brightness), the grayscale mean (contrast) or the grayscale image (saturation)
             target = gray * weights[:, 1] + gray.mean(dim=(-2, -1), keepdim=True) * weights[:, 2]
             # x·f + target·(1 − f) as torchvision's _blend, in separate IEEE operations: exactly x
             # where f = 1, and bitwise independent of how many samples share the call
-            x = (x * weights[:, 0]).add_(target * (1.0 - weights[:, 0])).clamp_(0.0, 1.0)
+            x = (x * weights[:, 0]).add_(target * (1.0 - weights[:, 0])).clamp_(0.0, bound)
+            if levels:
+                x = x.floor_()
         hue_here = (op == HUE) & (factors[:, HUE] != 0.0)
         if bool(hue_here.any()):
             index = hue_here.nonzero().squeeze(1)
             shift = to_device(factors[index, HUE], device)
             index = to_device(index, device)
-            x = x.index_copy(0, index, adjust_hue(x.index_select(0, index), shift))
+            hued = adjust_hue(x.index_select(0, index), shift)  # scale-equivariant: levels in, levels out
+            if levels:  # torchvision: to float [0, 1], HSV round trip, to uint8 by ⌊x·(255 + 1 − 0.001)⌋
+                hued = hued.mul_(1.0 / 255.0).mul_(UINT8_FROM_FLOAT).floor_()
+            x = x.index_copy(0, index, hued)
     return x
 
 
-def grayscale_subset(x: Tensor, mask: Tensor) -> Tensor:
-    """Replace the samples of ``mask`` (M,) by their 3-channel grayscale."""
+def grayscale_subset(x: Tensor, mask: Tensor, levels: bool = False) -> Tensor:
+    """Replace the samples of ``mask`` (M,) by their 3-channel grayscale (with ``levels``: truncated
+    to an integer level, as torchvision's uint8 ``rgb_to_grayscale``)."""
     if not bool(mask.any()):
         return x
     index = to_device(mask.nonzero().squeeze(1), x.device)
-    return x.index_copy_(0, index, luma(x.index_select(0, index)).expand(-1, 3, -1, -1))
+    gray = luma(x.index_select(0, index))
+    if levels:
+        gray = gray.floor_()
+    return x.index_copy_(0, index, gray.expand(-1, 3, -1, -1))
 
 
-def solarize_subset(x: Tensor, mask: Tensor) -> Tensor:
-    """Invert the pixels ≥ 128/255 of the samples of ``mask`` (M,)."""
+def solarize_subset(x: Tensor, mask: Tensor, levels: bool = False) -> Tensor:
+    """Invert the pixels ≥ 128/255 (with ``levels``: ≥ 128 of 255) of the samples of ``mask`` (M,)."""
     if not bool(mask.any()):
         return x
+    threshold, bound = (128.0, 255.0) if levels else (SOLARIZE_THRESHOLD, 1.0)
     index = to_device(mask.nonzero().squeeze(1), x.device)
     chosen = x.index_select(0, index)
-    return x.index_copy_(0, index, torch.where(chosen >= SOLARIZE_THRESHOLD, 1.0 - chosen, chosen))
+    return x.index_copy_(0, index, torch.where(chosen >= threshold, bound - chosen, chosen))
 
 
 def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:

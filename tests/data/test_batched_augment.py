@@ -268,23 +268,32 @@ def test_blur_matches_torchvision_with_per_sample_sigma(images, kernel_size):
         assert (ours[n] - ref).abs().max() < 1e-5, n
 
 
-def test_grayscale_and_solarize_match_torchvision(images):
+@pytest.mark.parametrize("levels", [True, False])
+def test_grayscale_and_solarize_match_torchvision(images, levels):
+    """uint8 levels (the default): torchvision's uint8 kernels exactly; float kernels: its float ones."""
     aug = BatchedAugment(AugmentConfig(), **IDENTITY_STATS)
+    aug.uint8_levels = levels
     mask = torch.arange(32).view(1, 32) % 3 == 0
     gray = aug.apply(images[:32], aug.groups[0], forced(32, 32, 32, grayscale=mask))[0]
     solar = aug.apply(images[:32], aug.groups[0], forced(32, 32, 32, solarize=mask))[0]
     for n in range(32):
-        x = images[n].float() / 255
-        assert (gray[n] - (TF.rgb_to_grayscale(x, 3) if mask[0, n] else x)).abs().max() < 1e-6
+        if levels:
+            expected = TF.rgb_to_grayscale(images[n], 3) if mask[0, n] else images[n]
+            assert torch.equal((gray[n] * 255).round().to(torch.uint8), expected), n
+        else:
+            x = images[n].float() / 255
+            assert (gray[n] - (TF.rgb_to_grayscale(x, 3) if mask[0, n] else x)).abs().max() < 1e-6
         expected = TF.solarize(images[n], 128) if mask[0, n] else images[n]
         assert torch.equal((solar[n] * 255).round().to(torch.uint8), expected)
 
 
 def test_forced_parameters_reproduce_the_torchvision_composition(images):
-    """Every operation at once, with per-sample parameters, against torchvision's float kernels."""
+    """Every operation at once, with per-sample parameters, against torchvision's float kernels
+    (the engine's float mode; its uint8 levels against the uint8 kernels: tests/data/test_augment_parity.py)."""
     mean, std = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
     cfg = AugmentConfig(crop_size=24, interpolation="bicubic")
     aug = BatchedAugment(cfg, mean, std)
+    aug.uint8_levels = False
     count = 24
     generator = torch.Generator().manual_seed(5)
     bit = lambda p: (torch.rand(1, count, generator=generator) < p)  # noqa: E731
