@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "methods": 2, "analysis": 2,
     "data": 3, "optim": 3, "checkpoint": 3, "runtime": 3, "loggers": 3,
     "eval": 4,
-    "config": 5,
+    "config": 5, "build": 5,
     "train": 6, "integrations": 6,
     "export": 7,
 }

@@ -15,21 +15,21 @@ import hashlib
 import json
 import sys
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from siamssl.backbones import build_backbone
+from siamssl.build import build_run_method
 from siamssl.checkpoint import load_checkpoint, save_atomic
 from siamssl.config import Config, apply_override, config_from_dict
 from siamssl.data.datasets import ImageSplit, LabeledImages, build_dataset
 from siamssl.data.loader import eval_batches
 from siamssl.errors import ConfigError, DataError, SiamSSLError
 from siamssl.eval.knn import extract_features
-from siamssl.methods import MethodContext, SSLMethod, build_method
+from siamssl.methods import SSLMethod
 from siamssl.registry import unknown_name_message
 from siamssl.runtime import resolve_device, seed_everything
 from siamssl.schema import build_section, type_name
@@ -131,23 +131,8 @@ def load_run(
     target = resolve_device(device)
     seed_everything(cfg.seed)
     data = build_dataset(cfg.data)
-    augment = cfg.data.augment
-
-    def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
-        return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
-
-    backbone, feature_dim = make_backbone()
-    context = MethodContext(
-        num_samples=len(data.pretraining_split()),
-        global_batch_size=cfg.data.batch_size,
-        steps_per_epoch=max(1, len(data.pretraining_split()) // cfg.data.batch_size),
-        total_steps=int(state["total_steps"]),
-        image_size=augment.crop_size,
-        make_backbone=make_backbone,
-        image_mean=tuple(augment.mean or data.mean),
-        image_std=tuple(augment.std or data.std),
-    )
-    method = build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context)
+    steps_per_epoch = max(1, len(data.pretraining_split()) // cfg.data.batch_size)
+    method = build_run_method(cfg, data, steps_per_epoch, int(state["total_steps"]))
     if not random_init:
         adopt_buffer_shapes(method, state["model"])
         try:

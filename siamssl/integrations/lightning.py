@@ -44,7 +44,7 @@ from siamssl.errors import ConfigError
 from siamssl.methods import Batch, SSLMethod, TrainingProgress
 from siamssl.optim import build_optimizer, peak_learning_rate, schedule_factor, set_learning_rates, set_weight_decays, weight_decay_at
 from siamssl.runtime import seed_everything
-from siamssl.train.trainer import build_run_method
+from siamssl.build import build_run_method
 
 __all__ = ["SSLModule"]
 

@@ -10,7 +10,6 @@ import shutil
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -20,10 +19,10 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from siamssl.backbones import build_backbone
+from siamssl.build import build_run_method
 from siamssl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 from siamssl.config import Config
-from siamssl.data import LabeledImages, build_dataset, build_train_loader
+from siamssl.data import build_dataset, build_train_loader
 from siamssl.distributed import (
     all_reduce_mean,
     all_reduce_sum,
@@ -36,7 +35,7 @@ from siamssl.distributed import (
 from siamssl.errors import ConfigError, SiamSSLError, TrainingDiverged
 from siamssl.eval.monitors import MONITORS, Monitor, MonitorContext
 from siamssl.loggers import RunLoggers, build_loggers, check_loggers_available
-from siamssl.methods import Batch, MethodContext, SSLMethod, TrainingProgress, build_method
+from siamssl.methods import Batch, TrainingProgress
 from siamssl.optim import (
     build_optimizer,
     peak_learning_rate,
@@ -67,28 +66,6 @@ _NO_BUFFER_BROADCAST = (
     if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
     else {"broadcast_buffers": False}
 )
-
-
-def build_run_method(cfg: Config, data: LabeledImages, steps_per_epoch: int, total_steps: int) -> SSLMethod:
-    """``cfg``'s method with its backbone (on the CPU), as every runner of a config builds it: the
-    trainer, and :class:`siamssl.integrations.lightning.SSLModule.from_config`."""
-    augment = cfg.data.augment
-
-    def make_backbone(**overrides: Any) -> tuple[nn.Module, int]:
-        return build_backbone(cfg.backbone.name, **{**asdict(cfg.backbone.options), **overrides})
-
-    backbone, feature_dim = make_backbone()
-    context = MethodContext(
-        num_samples=len(data.pretraining_split()),
-        global_batch_size=cfg.data.batch_size,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        image_size=augment.crop_size,
-        make_backbone=make_backbone,
-        image_mean=tuple(augment.mean or data.mean),
-        image_std=tuple(augment.std or data.std),
-    )
-    return build_method(cfg.method.name, cfg.method.options, backbone, feature_dim, context)
 
 
 class Interrupted(SiamSSLError):
