@@ -485,7 +485,8 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"## Throughput: 2-view {tp['method']} step, {tp['backbone']}, batch {tp['batch_size']}, {tp['image_size']} px",
             "",
             f"images/s over {tp['timed_steps']} steps, data loading included; torchvision = per-sample v2 transforms in "
-            f"{tp['torchvision_workers']} DataLoader workers; MFU against the dense bf16 peak.",
+            f"{tp['torchvision_workers']} DataLoader workers; fp32 rows use TF32 matmuls and convolutions on GPUs "
+            "(trainer.tf32, the default); MFU against the dense bf16 peak.",
             "",
             "| precision | channels_last | compile | batched img/s | torchvision img/s | speedup | GFLOP/img | TFLOP/s | MFU | note |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -586,9 +587,6 @@ def main(argv: list[str]) -> int:
     else:
         print("error: no CUDA device; use --dry-run to rehearse on the CPU", file=sys.stderr)
         return 2
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 cells measure what users get: TF32 matmuls/convs
-        torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "scratch"
