@@ -139,13 +139,10 @@ def markdown_table(payload: dict[str, Any]) -> str:
 
 def plot_layers(payload: dict[str, Any], path: Path) -> bool:
     """Accuracy per stage, trained vs random init; False (with a message) without matplotlib."""
-    try:
-        import matplotlib
+    from siamssl.eval.report import pyplot_if_installed
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("siamssl: matplotlib is not installed; skipping the layers plot", file=sys.stderr)
+    plt = pyplot_if_installed("the layers plot")
+    if plt is None:
         return False
     stages = payload["stages"]
     x = list(range(len(stages)))

@@ -249,13 +249,10 @@ def markdown_table(payload: dict[str, Any]) -> str:
 
 def plot_properties(payload: dict[str, Any], path: Path) -> bool:
     """Bars of each property per run and the normalized spectra; False without matplotlib."""
-    try:
-        import matplotlib
+    from siamssl.eval.report import pyplot_if_installed
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("siamssl: matplotlib is not installed; skipping the properties figure", file=sys.stderr)
+    plt = pyplot_if_installed("the properties figure")
+    if plt is None:
         return False
     columns = payload["columns"]
     top_k = payload["options"]["top_k"]

@@ -68,6 +68,16 @@ def pyplot() -> Any:
     return plt
 
 
+def pyplot_if_installed(figure: str) -> Optional[Any]:
+    """matplotlib's pyplot (Agg), or None after one line saying that ``figure`` is skipped: for
+    commands whose figure is a complement to their table."""
+    try:
+        return pyplot()
+    except SiamSSLError:
+        print(f"siamssl: matplotlib is not installed; skipping {figure}", file=sys.stderr)
+        return None
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
